@@ -1,0 +1,1 @@
+"""x2ctclip.train: the application layer (data, trainers, evaluation, few-shot, command line)."""
