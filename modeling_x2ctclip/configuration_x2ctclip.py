@@ -103,6 +103,9 @@ _SWIN_TINY = {
 }
 
 
+TOWERS = ("cxr", "ct", "text")
+
+
 class X2CTCLIPConfig(PreTrainedConfig):
     r"""Composite X2CT-CLIP configuration: three towers, their projections and the tri-modal loss.
 
@@ -111,6 +114,8 @@ class X2CTCLIPConfig(PreTrainedConfig):
         cxr_config: CXR tower config, any transformers vision backbone (Swin, ResNet, ViT, ...). Its token or
             feature map output is mean-pooled.
         ct_config: :class:`X2CTCLIPCTConfig`.
+        towers: which towers the model builds, a subset of ``["cxr", "ct", "text"]`` (all by default). A
+            converted CT-CLIP checkpoint has ``["ct", "text"]``; a deployed CXR classifier may have ``["cxr", "text"]``.
         projection_dim: width of the shared latent space (512 in CT-CLIP).
         loss_ct_text_weight: alpha, weight of L(CT, report). Paper default 0.
         loss_cxr_text_weight: beta, weight of L(CXR, report). Paper default 1.
@@ -133,6 +138,7 @@ class X2CTCLIPConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     cxr_config: dict | PreTrainedConfig | None = None
     ct_config: dict | X2CTCLIPCTConfig | None = None
+    towers: list[str] | None = None
     projection_dim: int = 512
     loss_ct_text_weight: float = 0.0
     loss_cxr_text_weight: float = 1.0
@@ -148,6 +154,8 @@ class X2CTCLIPConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.towers is None:
+            self.towers = list(TOWERS)
         if self.findings is None:
             self.findings = list(CT_RATE_FINDINGS)
         if self.prompt_templates is None:
@@ -155,6 +163,9 @@ class X2CTCLIPConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self):
+        unknown = [t for t in self.towers if t not in TOWERS]
+        if unknown or not self.towers or len(set(self.towers)) != len(self.towers):
+            raise ValueError(f"X2CTCLIPConfig.towers must be a non-empty subset of {list(TOWERS)}, got {self.towers!r}.")
         if not isinstance(self.projection_dim, int) or self.projection_dim <= 0:
             raise ValueError(f"X2CTCLIPConfig.projection_dim must be a positive integer, got {self.projection_dim!r}.")
         for name in ("loss_ct_text_weight", "loss_cxr_text_weight", "loss_cxr_ct_weight"):
