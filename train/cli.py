@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help). Add a line here to add a sub-command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert-ctclip": ("x2ctclip.train.cmd_convert", "convert a CT-CLIP checkpoint into a transformers folder"),
-    "assemble": ("x2ctclip.train.cmd_convert", "assemble an X2CT-CLIP model from pretrained towers"),
+    "assemble": ("x2ctclip.train.cmd_assemble", "assemble an X2CT-CLIP model from pretrained towers"),
 }
 
 

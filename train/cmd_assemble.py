@@ -1,0 +1,56 @@
+"""``x2ctclip assemble OUT_DIR --ctclip DIR (--cxr DIR | --cxr-config JSON) [--cxr-clip CKPT]``.
+
+Builds an X2CT-CLIP model from pretrained towers (see :func:`x2ctclip.assembly.assemble_x2ctclip`) and saves it
+with ``save_pretrained`` (safetensors, config with ``auto_map``, remote-code files). The tokenizer of the CT-CLIP
+folder, when present, is copied along.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def configure_parser(parser, command):
+    parser.add_argument("out_dir", type=Path, help="output folder (must not exist or be empty)")
+    parser.add_argument("--ctclip", required=True, type=Path, help="converted CT-CLIP folder (CT and report towers)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--cxr", type=Path, help="transformers vision checkpoint folder for the CXR backbone")
+    group.add_argument("--cxr-config", type=Path, help="JSON vision config (with model_type) for a randomly initialised CXR backbone")
+    parser.add_argument("--cxr-clip", type=Path, help="CXR-CLIP checkpoint (.pt/.safetensors) to initialise the CXR tower")
+
+
+def run(args) -> int:
+    from x2ctclip.assembly import assemble_x2ctclip
+
+    out_dir: Path = args.out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir}: output folder exists and is not empty.")
+    cxr_config = None
+    if args.cxr_config is not None:
+        try:
+            cxr_config = json.loads(args.cxr_config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{args.cxr_config}: not a readable JSON config ({err}).") from None
+    model = assemble_x2ctclip(args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip)
+    # Write to a temporary sibling, then rename: an interrupted run never leaves a half-written model folder.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (args.ctclip / name).is_file():
+                shutil.copy2(args.ctclip / name, tmp / name)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"Assembled X2CT-CLIP model in {out_dir} (towers {model.config.towers}; {n_train:,} trainable parameters).")
+    return 0
