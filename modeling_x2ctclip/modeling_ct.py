@@ -278,8 +278,15 @@ class X2CTCLIPCTVectorQuantizer(nn.Module):
         return indices.reshape(tokens.shape[:-1])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., dim): every token replaced by its nearest code vector."""
-        return F.embedding(self.code_indices(tokens), self.codebook).to(tokens.dtype)
+        """(..., dim) -> (..., dim): every token replaced by its nearest code vector.
+
+        In training mode the gradient passes straight through to ``tokens`` (the codes' value, the tokens' gradient),
+        as in CT-CLIP; in eval mode the output is exactly the stored codes.
+        """
+        codes = F.embedding(self.code_indices(tokens), self.codebook).to(tokens.dtype)
+        if self.training:
+            codes = tokens + (codes - tokens).detach()
+        return codes
 
 
 class X2CTCLIPCTPreTrainedModel(PreTrainedModel):
