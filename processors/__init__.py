@@ -1,2 +1,25 @@
 """x2ctclip.processors: everything that turns files into tensors (CT volumes, CXR images, DICOM, CT-to-CXR
 simulation, tokenizer) and the combined ``X2CTCLIPProcessor``. Processors never import the model."""
+
+from transformers import AutoImageProcessor as _AutoImageProcessor
+
+# Chest X-ray images and report text.
+from .image_io import Radiograph, is_dicom_file, load_radiograph
+from .image_processing_cxr import NonFrontalViewWarning, X2CTCLIPImageProcessor
+from .tokenization import (
+    REPORT_TOKENIZER_KWARGS,
+    build_wordpiece_tokenizer,
+    clean_report,
+    load_report_tokenizer,
+    minilm_model_dir,
+    minilm_tokenizer_dir,
+    tokenize_reports,
+)
+
+# CT volumes: loading in CT-RATE's orientation, CT-CLIP preprocessing, CT-to-CXR simulation.
+from .volume_io import CANONICAL_AXCODES, CT_RATE_NIFTI_AXCODES, CTVolume, check_hu, ct_rate_affine, load_ct
+from .image_processing_volume import X2CTCLIPVolumeProcessor
+
+# Registered under the composite model type "x2ctclip" so that AutoImageProcessor finds the class by the
+# `image_processor_type` saved in its config (processors never import the model, hence a model-type key).
+_AutoImageProcessor.register("x2ctclip", image_processor_classes={"pil": X2CTCLIPImageProcessor}, exist_ok=True)
