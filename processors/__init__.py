@@ -2,6 +2,7 @@
 simulation, tokenizer) and the combined ``X2CTCLIPProcessor``. Processors never import the model."""
 
 from transformers import AutoImageProcessor as _AutoImageProcessor
+from transformers import AutoProcessor as _AutoProcessor
 
 # Chest X-ray images and report text.
 from .image_io import Radiograph, is_dicom_file, load_radiograph
@@ -20,6 +21,12 @@ from .tokenization import (
 from .volume_io import CANONICAL_AXCODES, CT_RATE_NIFTI_AXCODES, CTVolume, check_hu, ct_rate_affine, load_ct
 from .image_processing_volume import X2CTCLIPVolumeProcessor
 
-# Registered under the composite model type "x2ctclip" so that AutoImageProcessor finds the class by the
-# `image_processor_type` saved in its config (processors never import the model, hence a model-type key).
+# The combined processor (chest X-rays + CT volumes + report text).
+from .processing_x2ctclip import X2CTCLIPProcessor
+
+# Registered under the model types "x2ctclip" (composite) and "x2ctclip_ct" (CT tower) so that AutoImageProcessor and
+# AutoProcessor find the classes by the `image_processor_type` / `processor_class` saved in their configs
+# (processors never import the model, hence model-type keys rather than config classes).
 _AutoImageProcessor.register("x2ctclip", image_processor_classes={"pil": X2CTCLIPImageProcessor}, exist_ok=True)
+_AutoImageProcessor.register("x2ctclip_ct", image_processor_classes={"pil": X2CTCLIPVolumeProcessor}, exist_ok=True)
+_AutoProcessor.register("x2ctclip", X2CTCLIPProcessor, exist_ok=True)
