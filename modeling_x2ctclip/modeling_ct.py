@@ -95,7 +95,8 @@ class X2CTCLIPCTContinuousPositionBias(nn.Module):
     An MLP (``Linear(2, dim)``, ``Linear(dim, dim)``, each followed by LeakyReLU(0.1), then ``Linear(dim, heads)``)
     reads the offset ``(dy, dx)`` compressed as ``sign(x) * log(1 + |x|)``. The MLP runs once per distinct offset
     ((2h-1)(2w-1) of them) and the result is gathered into the (heads, h*w, h*w) bias, which is what CT-CLIP computes
-    for every token pair, without its (h*w)^2 x dim intermediate (680 MB at 24 x 24 tokens).
+    for every token pair, without its (h*w)^2 x dim intermediates (about 1.9 GB peak at 24 x 24 tokens, in float32;
+    see benchmarks/bench_ct_model.py).
     """
 
     def __init__(self, config: X2CTCLIPCTConfig):
