@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert-ctclip": ("x2ctclip.train.cmd_convert", "convert a CT-CLIP checkpoint into a transformers folder"),
     "assemble": ("x2ctclip.train.cmd_assemble", "assemble an X2CT-CLIP model from pretrained towers"),
+    "push": ("x2ctclip.train.cmd_push", "validate a model folder and upload it to the Hugging Face Hub"),
+    "preprocess": ("x2ctclip.train.cmd_data", "convert a CT-RATE layout into fixed-size Arrow shards (CT + simulated CXR)"),
+    "cache-embeddings": ("x2ctclip.train.cmd_data", "cache the frozen CT and report latents of preprocessed data"),
 }
 
 
