@@ -299,8 +299,15 @@ _DTYPES = st.sampled_from([np.uint8, np.uint16, np.int16, np.int32, np.float16, 
 
 @st.composite
 def _arrays(draw):
-    ndim = draw(st.integers(1, 4))
-    shape = tuple(draw(st.lists(st.integers(0, 9), min_size=ndim, max_size=ndim)))
+    """Mostly image-like shapes ((H, W), (H, W, C), (C, H, W) with C in 1..5), plus any shape of 1 to 4 axes."""
+    side = st.integers(1, 12)
+    image_like = st.one_of(
+        st.tuples(side, side),
+        st.tuples(side, side, st.integers(1, 5)),
+        st.tuples(st.integers(1, 5), side, side),
+    )
+    any_shape = st.integers(1, 4).flatmap(lambda n: st.tuples(*[st.integers(0, 9)] * n))
+    shape = draw(st.one_of(image_like, image_like, any_shape))
     return draw(hnp.arrays(draw(_DTYPES), shape))
 
 
@@ -315,3 +322,22 @@ def test_fuzz_arrays_only_value_error_and_finite_output(array):
     assert pixel_values.shape[1:] == (3, 224, 224) and pixel_values.dtype == np.float32
     assert np.isfinite(pixel_values).all()
     assert pixel_values.min() >= -1 - 1e-6 and pixel_values.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "I;16", "I", "F", "RGB", "RGBA", "CMYK", "YCbCr"])
+def test_every_pil_mode_gives_a_finite_three_channel_image(mode, phantom):
+    image = Image.fromarray(phantom)
+    image = image.convert("I").point(lambda v: v * 200).convert("I;16") if mode == "I;16" else image.convert(mode)
+    pixel_values = _values(image)
+    assert pixel_values.shape == (1, 3, 224, 224) and np.isfinite(pixel_values).all()
+    if mode not in ("1", "P", "PA", "CMYK"):  # these modes quantise or re-encode the grey levels
+        np.testing.assert_allclose(pixel_values, _values(phantom), atol=0.02)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".png", ".jpg", ".dcm", ".tif", ""]))
+def test_fuzz_random_files_raise_value_error_naming_the_file(tmp_path, data, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=f"random{suffix}"):
+        X2CTCLIPImageProcessor()(str(path))
