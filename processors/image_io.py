@@ -272,16 +272,22 @@ def _read_dicom(path: Path) -> Any:
 def _read_image_file(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    image = None
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now so that truncated files fail here, with the file name
-            return _from_pil(image, str(path))
+        image = Image.open(path)
+        image.load()  # decode now so that truncated files fail here, with the file name
     except UnidentifiedImageError as error:
         raise ValueError(
             f"{path}: unsupported or corrupt image file (not a format PIL can read, nor a DICOM file)."
         ) from error
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except Exception as error:  # corrupt files raise OSError, EOFError, SyntaxError, ValueError, struct.error, ...
+        if image is not None:
+            image.close()
         raise ValueError(f"{path}: cannot decode the image file ({type(error).__name__}: {error}).") from error
+    try:
+        return _from_pil(image, str(path))
+    finally:
+        image.close()
 
 
 def load_radiograph(
