@@ -148,6 +148,16 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             module.eval()
         self.logit_scale.requires_grad_(not self.config.freeze_logit_scale)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces the parameters, which resets their requires_grad flags: freeze again afterwards.
+        model = super().from_pretrained(*args, **kwargs)
+        if isinstance(model, tuple):  # output_loading_info=True
+            model[0].apply_freezing()
+        else:
+            model.apply_freezing()
+        return model
+
     def train(self, mode: bool = True):
         super().train(mode)
         for module in self.frozen_modules():

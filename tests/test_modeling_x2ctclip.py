@@ -182,6 +182,9 @@ def test_save_and_load_round_trip_with_auto_classes(tester, tmp_path):
             a, b = model(**x, return_loss=True), loaded(**x, return_loss=True)
         assert torch.allclose(a.loss, b.loss) and torch.allclose(a.logits_per_cxr_ct, b.logits_per_cxr_ct)
     assert loaded.config.towers == ["cxr", "ct", "text"] and not loaded.ct_model.training
+    # Freezing survives loading (loading replaces parameters and would otherwise reset requires_grad).
+    trainable = {n.split(".")[0] for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {"cxr_model", "cxr_projection"}
 
 
 REMOTE_CODE_SCRIPT = textwrap.dedent(
