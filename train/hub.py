@@ -163,7 +163,8 @@ class EvaluationResult:
                 metric_name=name,
                 metric_value=value,
                 metric_config=config,
-                source_name=self.source_name,
+                # The Hub's model-index needs a URL with a source name; a name alone stays in the card's text.
+                source_name=self.source_name if self.source_url else None,
                 source_url=self.source_url,
             )
             for metric_type, name, value, config in self.metrics
@@ -510,7 +511,7 @@ from transformers import AutoModel, AutoTokenizer
 
 model_id = "{model_id}"  # this repository, or the path of a local copy
 model = AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(model_id)
+tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)  # config.json names remote code
 
 # A CT volume as CT-CLIP expects it: (batch, 1, depth, height, width), HU / 1000 clipped to [-1, 1],
 # 1.5 x 0.75 x 0.75 mm voxels (x2ctclip's X2CTCLIPVolumeProcessor makes it from NIfTI or DICOM).
@@ -858,15 +859,20 @@ def validate_card(card: ModelCard | str | os.PathLike, *, towers: Sequence[str] 
     ``datasets``, and the ``model-index`` structure (task type, data set name and type, numeric metrics), which is
     also parsed by ``huggingface_hub`` the way the Hub reads it.
     """
-    if not isinstance(card, ModelCard):
+    if isinstance(card, ModelCard):
+        data = card.data.to_dict()
+    else:
+        from huggingface_hub import metadata_load
+
         path = Path(card)
         if not path.is_file():
             return [f"{path}: no model card"]
-        try:
-            card = ModelCard.load(path)
+        try:  # the raw YAML, so that a malformed model-index gets a precise message below
+            data = metadata_load(path)
         except Exception as err:  # YAML errors have many types
             return [f"{path}: the card's metadata block cannot be parsed ({type(err).__name__}: {err})"]
-    data = card.data.to_dict()
+        if not isinstance(data, dict):
+            return [f"{path}: the card has no YAML metadata block"]
     problems = _license_problems(data.get("license"), data.get("license_name"), data.get("license_link"))
     if data.get("library_name") != LIBRARY_NAME:
         problems.append(f"metadata 'library_name' must be '{LIBRARY_NAME}', got {data.get('library_name')!r}")
@@ -937,7 +943,6 @@ class FolderCheck:
         return not self.errors
 
 
-_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w*)\s+import\s+([\w\s,()]+)", re.MULTILINE)
 _PACKAGE_IMPORT = re.compile(r"^\s*(?:from|import)\s+x2ctclip\b", re.MULTILINE)
 
 
@@ -999,10 +1004,13 @@ def validate_hub_folder(folder: str | os.PathLike) -> FolderCheck:
     for name, ref in auto_map.items():
         _check_class_ref(folder, ref, f"config.json {name}", check)
 
+    from transformers.dynamic_module_utils import get_relative_imports
+
     for path in sorted(folder.glob("*.py")):
         source = path.read_text(encoding="utf-8")
-        for module, _names in _RELATIVE_IMPORT.findall(source):
-            if module and not (folder / f"{module}.py").is_file():
+        # transformers' own parser: the files it will look for when it loads this module as remote code.
+        for module in get_relative_imports(path):
+            if not (folder / f"{module}.py").is_file():
                 check.errors.append(f"{path.name}: imports .{module}, but {module}.py is not in the folder")
         if _PACKAGE_IMPORT.search(source):
             check.errors.append(f"{path.name}: imports the x2ctclip package; remote code must only use relative imports")
