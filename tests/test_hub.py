@@ -82,7 +82,7 @@ def evaluation_json(path: Path) -> dict:
 TRAINING_INFO = {
     "datasets": ["ibrahimhamamci/CT-RATE"],
     "base_models": ["microsoft/swin-tiny-patch4-window7-224"],
-    "simulation": {"mode": "mean_projection", "image_size": 224, "spacing_mm": 1.0},
+    "simulation": {"cxr_mode": "mean", "cxr_size": 224, "pixel_spacing_mm": 1.0},
     "hyperparameters": {"learning_rate": 5e-5, "batch_size": 360, "epochs": 50},
 }
 
@@ -153,7 +153,7 @@ def test_card_text_comes_from_config_and_training_info(saved):
         assert f"`{positive}`" in text and f"`{negative}`" in text
     assert f'hypothesis_template="{PROMPTS[0][0]}"' in text
     assert "not a medical device" in text and "Research use only" in text and "simulated" in text
-    assert "| mode | mean_projection |" in text and "| learning_rate | 5e-05 |" in text
+    assert "| cxr_mode | mean |" in text and "Mode `mean` (X2CT-CLIP's)" in text and "| learning_rate | 5e-05 |" in text
     assert "came without a record of its training run" not in text
     # Per-finding table: the finding without positives shows n/a, not a number.
     row = next(line for line in text.splitlines() if line.startswith("| Lung nodule | n/a"))
@@ -162,6 +162,28 @@ def test_card_text_comes_from_config_and_training_info(saved):
     assert f"| Cardiomegaly | {cardio['auroc']:.4g} |" in text
     assert "arXiv:2503.02162" in text and "arXiv:2403.17834" in text
     assert f"cxr {sum(p.numel() for m in (model.cxr_model, model.cxr_projection) for p in m.parameters()):,}" in text
+
+
+def test_training_info_from_a_preprocess_config(tmp_path):
+    """The simulation settings recorded by `x2ctclip preprocess` go on the card; local paths and versions do not."""
+    record = {
+        "format_version": 1, "shape": [240, 480, 480], "spacing": [1.5, 0.75, 0.75], "cxr_mode": "beer_lambert",
+        "cxr_view": "frontal", "cxr_size": 224, "ct_dtype": "int16", "ct_unit": "HU",
+        "volume_processor": {"hu_min": -1000.0, "hu_max": 1000.0, "target_shape": [240, 480, 480], "pad_value": -1.0},
+        "source_root": "/home/someone/private/ct-rate", "splits": {"train": {"num_rows": 3}}, "versions": {"torch": "2"},
+    }  # fmt: skip
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "preprocess_config.json").write_text(json.dumps(record))
+    info = hub.training_info_from_preprocess_config(tmp_path / "data")
+    assert info == hub.training_info_from_preprocess_config(record)
+    model, processor = tiny_model_and_processor()
+    folder = hub.save_for_hub(model, processor, tmp_path / "out", training_info=info)
+    text = (folder / "README.md").read_text()
+    assert "Mode `beer_lambert`" in text and "| cxr_size | 224 |" in text and "| cxr_view | frontal |" in text
+    assert "| volume_processor.hu_min | -1000 |" in text and "| spacing | 1.5, 0.75, 0.75 |" in text
+    assert "/home/someone" not in text and "num_rows" not in text and "pad_value" not in text
+    with pytest.raises(FileNotFoundError, match="preprocess_config.json"):
+        hub.training_info_from_preprocess_config(tmp_path / "out")
 
 
 def test_no_results_means_no_model_index(tmp_path):

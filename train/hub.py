@@ -46,6 +46,7 @@ __all__ = [
     "load_evaluation_results",
     "push_folder",
     "save_for_hub",
+    "training_info_from_preprocess_config",
     "usage_snippet",
     "validate_card",
     "validate_hub_folder",
@@ -446,6 +447,9 @@ def _training_section(training_info: Mapping[str, Any] | None) -> str:
     if simulation:
         lines.append("**How this checkpoint's training CXRs were simulated** (recorded at preprocessing):")
         lines.append("")
+        mode = simulation.get("cxr_mode") if isinstance(simulation, Mapping) else None
+        if mode in _SIMULATION_MODES:
+            lines += [_SIMULATION_MODES[mode], ""]
         if isinstance(simulation, Mapping):
             lines.append(_table(("Setting", "Value"), sorted(simulation.items())))
         else:
@@ -459,6 +463,56 @@ def _training_section(training_info: Mapping[str, Any] | None) -> str:
     if info:
         lines += ["**Other recorded details:**", "", _table(("Key", "Value"), sorted(info.items())), ""]
     return "\n".join(lines).rstrip()
+
+
+_SIMULATION_MODES = {
+    "mean": (
+        "Mode `mean` (X2CT-CLIP's): HU clipped to the window below, averaged along the anterior-posterior axis, "
+        "resampled to 1 mm pixels, shown upright with the patient's right on the image's left, min-max scaled to 8 bits."
+    ),
+    "beer_lambert": (
+        "Mode `beer_lambert`: linear attenuation mu = mu_water (1 + HU / 1000) (air 0) integrated along the "
+        "anterior-posterior ray, giving the log-scaled transmission -ln(I / I0) (bone and heart bright, lungs dark), "
+        "shown upright with the patient's right on the image's left, min-max scaled to 8 bits."
+    ),
+}
+# Keys of preprocess_config.json that describe the machine or the run rather than the simulation.
+_NOT_SIMULATION = ("source_root", "splits", "versions", "format_version")
+
+
+def training_info_from_preprocess_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """``training_info`` for :func:`save_for_hub` from the ``preprocess_config.json`` of ``x2ctclip preprocess``.
+
+    Keeps what describes the simulated CXRs and the CT preprocessing (``cxr_mode``, ``cxr_view``, ``cxr_size``,
+    ``shape``, ``spacing``, the volume processor's HU window, ...) and drops local paths, split sizes and library
+    versions, which say nothing about the model and should not be published (``source_root`` is a local path).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or unreadable file.
+    """
+    if not isinstance(source, Mapping):
+        path = Path(source)
+        if path.is_dir():
+            path = path / "preprocess_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no preprocess_config.json (written by x2ctclip preprocess).")
+        try:
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable JSON file ({err}).") from None
+        if not isinstance(source, Mapping):
+            raise ValueError(f"{path}: expected a JSON object.")
+    simulation = {}
+    for key, value in source.items():
+        if key in _NOT_SIMULATION:
+            continue
+        if key == "volume_processor" and isinstance(value, Mapping):
+            for name in ("hu_min", "hu_max", "target_spacing", "target_shape", "clip_before_resample"):
+                if name in value:
+                    simulation[f"volume_processor.{name}"] = value[name]
+        else:
+            simulation[key] = value
+    return {"simulation": simulation}
 
 
 def _requirements(folder: Path | None) -> list[str]:
