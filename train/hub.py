@@ -1168,16 +1168,6 @@ def _add_auto_map_entries(folder: Path, towers: Sequence[str]) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _register_processor_classes(processor: Any) -> None:
-    """Make ``save_pretrained`` write ``auto_map`` and copy the processing code (remote code), when the classes do not
-    already declare it: ``register_for_auto_class`` only tags the class with the auto class it belongs to."""
-    if getattr(type(processor), "_auto_class", None) is None and hasattr(type(processor), "register_for_auto_class"):
-        type(processor).register_for_auto_class("AutoProcessor")
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is not None and getattr(type(image_processor), "_auto_class", None) is None:
-        type(image_processor).register_for_auto_class("AutoImageProcessor")
-
-
 def _parameter_counts(model: Any) -> dict[str, int]:
     counts = {}
     for tower in ("cxr", "ct", "text"):
@@ -1261,7 +1251,6 @@ def save_for_hub(
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         model_code = _py_digests(tmp)
-        _register_processor_classes(processor)
         processor.save_pretrained(tmp)
         after = _py_digests(tmp)
         clashes = sorted(n for n, digest in model_code.items() if after.get(n) != digest)
