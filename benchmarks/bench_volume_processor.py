@@ -119,9 +119,8 @@ def make_phantom(path: Path, shape_xyz=(512, 512, 300), spacing=(0.7, 0.7, 1.0),
         noise = rng.normal(0, 15, size=(nx, ny)).astype(np.float32)
         xi = np.clip(((np.arange(nx) - nx / 2) / scale + nx / 2).astype(int), 0, nx - 1)
         volume[:, :, k] = np.round(sl[xi] + noise + 1024).astype(np.int16)
-    img = nib.Nifti1Image(volume, np.diag([-spacing[0], -spacing[1], spacing[2], 1.0]))
-    img.header.set_qform(None, code=0)
-    img.header.set_sform(None, code=0)
+    img = nib.Nifti1Image(volume, None)  # no affine: qform_code = sform_code = 0, like CT-RATE's first release
+    img.header.set_zooms(spacing)
     nib.save(img, str(path))
 
 

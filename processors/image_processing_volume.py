@@ -224,7 +224,7 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
                 f"{tuple(self.target_spacing)} mm gives {resampled} = {n_resampled:,} voxels, more than the memory "
                 f"budget max_voxels={self.max_voxels:,} (wrong spacing?)."
             )
-        # HU window expressed in stored units: rescale, clip and scale happen once, on the smaller grid.
+        # HU window in stored units, for clipping before resampling (rescale itself happens on the smaller grid).
         lo = (self.hu_min - volume.intercept) / volume.slope
         hi = (self.hu_max - volume.intercept) / volume.slope
         lo, hi = min(lo, hi), max(lo, hi)
@@ -241,10 +241,14 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
         starts = [max((n - t) // 2, 0) for n, t in zip(x.shape, self.target_shape)]
         x = SpatialCrop(roi_slices=[slice(s, s + t) for s, t in zip(starts, self.target_shape)])(x[None])
         x = _plain_tensor(x)[0]  # drop MONAI's MetaTensor wrapper and the channel axis
-        # 4. stored units -> HU -> clip -> / hu_scale, in place (MONAI ScaleIntensityRange: ~6x slower, same numbers)
-        x = x.contiguous().clamp_(lo, hi)
-        scale = volume.slope / self.hu_scale
-        x.mul_(scale).add_(volume.intercept / self.hu_scale)
+        # 4. stored units -> HU -> clip -> / hu_scale, in place (MONAI ScaleIntensityRange: ~6x slower, same numbers);
+        #    dividing last keeps the window's ends exact (-1000 / 1000 = -1.0)
+        x = x.contiguous()
+        if volume.slope != 1.0:
+            x.mul_(volume.slope)
+        if volume.intercept != 0.0:
+            x.add_(volume.intercept)
+        x.clamp_(self.hu_min, self.hu_max).div_(self.hu_scale)
         # 5. symmetric pad: before = (t - n) // 2, as CT-CLIP (and MONAI's "symmetric")
         if tuple(x.shape) != tuple(self.target_shape):
             x = SpatialPad(self.target_shape, method="symmetric", value=self.pad_value)(x[None])
