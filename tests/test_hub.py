@@ -161,6 +161,7 @@ def test_card_text_comes_from_config_and_training_info(saved):
     cardio = next(r for r in report["findings"] if r["name"] == "Cardiomegaly")
     assert f"| Cardiomegaly | {cardio['auroc']:.4g} |" in text
     assert "arXiv:2503.02162" in text and "arXiv:2403.17834" in text
+    assert "scaled by `exp(logit_scale)` = 30 in these weights" in text  # read from the model, not the config
     assert f"cxr {sum(p.numel() for m in (model.cxr_model, model.cxr_projection) for p in m.parameters()):,}" in text
 
 
@@ -418,7 +419,8 @@ def test_ctclip_card_carries_license_and_citation(ctclip_folder, tmp_path):
     assert data["datasets"] == ["ibrahimhamamci/CT-RATE"] and data["base_model"] == ["microsoft/BiomedVLP-CXR-BERT-specialized"]
     assert "arXiv:2403.17834" in card.text and "Hamamci" in card.text and "ShareAlike" in card.text
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() in card.text and "`CT-CLIP_v2.pt`" in card.text
-    assert "not a medical device" in card.text
+    assert "not a medical device" in card.text and "= 30 in these weights" in card.text
+    assert "chest-x-ray" not in data["tags"] and "ct-clip" in data["tags"]
     for finding in FINDINGS:
         assert f"| {finding} |" in card.text
     check = hub.validate_hub_folder(ctclip_folder)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -317,7 +318,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _towers_details(config: dict, parameter_counts: Mapping[str, int] | None) -> str:
+def _towers_details(config: dict, parameter_counts: Mapping[str, int] | None, logit_scale: float | None = None) -> str:
     towers = config.get("towers") or ["cxr", "ct", "text"]
     rows = []
     if "cxr" in towers:
@@ -348,11 +349,14 @@ def _towers_details(config: dict, parameter_counts: Mapping[str, int] | None) ->
             )
         )
     table = _table(("Tower", "Architecture"), rows)
+    scale = (
+        f"`exp(logit_scale)` = {math.exp(logit_scale):.4g} in these weights" if logit_scale is not None
+        else "`exp(logit_scale)`"
+    )
     lines = [
         table,
         "",
-        f"- Shared latent space: {config.get('projection_dim')}-d, L2-normalised; similarities are scaled by "
-        f"`exp(logit_scale)` (log scale initialised to {_fmt(config.get('logit_scale_init_value'))}).",
+        f"- Shared latent space: {config.get('projection_dim')}-d, L2-normalised; cosine similarities are scaled by {scale}.",
         f"- Towers in this checkpoint: `{towers}`.",
     ]
     if "cxr" in towers:
@@ -592,7 +596,7 @@ def _usage_section(model_id: str, config: Mapping[str, Any], requirements: Seque
     lines = []
     if requirements:
         lines += [
-            "The modeling and processing code ships in this repository (`trust_remote_code=True`); it imports "
+            "The code this repository ships for `trust_remote_code=True` imports "
             f"`{', '.join(requirements)}`:",
             "",
             "```bash",
@@ -687,6 +691,7 @@ def build_model_card(
     files: Sequence[tuple[str, int]] = (),
     requirements: Sequence[str] = (),
     parameter_counts: Mapping[str, int] | None = None,
+    logit_scale: float | None = None,
     ctclip_derived: bool = True,
 ) -> ModelCard:
     """Model card of an X2CT-CLIP checkpoint (a model with a CXR tower).
@@ -706,6 +711,7 @@ def build_model_card(
         files: ``(name, size in bytes or None)`` of the repository files, for the card's file table.
         requirements: pip names the remote code imports.
         parameter_counts: parameters per tower, for the details section.
+        logit_scale: the weights' (log) logit scale, for the details section.
         ctclip_derived: the CT / report towers come from CT-CLIP (adds the CC BY-NC-SA notice and the citation).
 
     Raises:
@@ -787,7 +793,7 @@ def build_model_card(
         summary=summary,
         cxr_note=cxr_note if has_cxr else "",
         has_cxr=has_cxr,
-        model_details=_towers_details(config, parameter_counts),
+        model_details=_towers_details(config, parameter_counts, logit_scale),
         intended_use=intended,
         limitations=limitations,
         training_section=_training_section(training_info),
@@ -811,6 +817,7 @@ def build_ctclip_model_card(
     files: Sequence[tuple[str, int]] = (),
     requirements: Sequence[str] = (),
     has_tokenizer: bool = True,
+    logit_scale: float | None = None,
 ) -> ModelCard:
     """Model card of a CT-CLIP checkpoint converted with ``x2ctclip convert-ctclip`` (CT and report towers).
 
@@ -825,7 +832,7 @@ def build_ctclip_model_card(
     card_data = ModelCardData(
         license=CTCLIP_LICENSE,
         library_name=LIBRARY_NAME,
-        tags=list(DEFAULT_TAGS) + ["ct-clip", "3d"],
+        tags=[t for t in DEFAULT_TAGS if t != "chest-x-ray"] + ["ct-clip", "3d"],
         base_model=[CXR_BERT],
         datasets=[CTCLIP_DATASET],
         language=["en"],
@@ -877,7 +884,7 @@ def build_ctclip_model_card(
         summary=summary,
         cxr_note="",
         has_cxr=False,
-        model_details=_towers_details(config, None),
+        model_details=_towers_details(config, None, logit_scale),
         intended_use=intended,
         limitations=limitations,
         training_section=training,
@@ -1268,6 +1275,7 @@ def save_for_hub(
             files=_folder_files(tmp) + [("README.md", None)],
             requirements=_requirements(tmp),
             parameter_counts=_parameter_counts(model),
+            logit_scale=float(model.logit_scale.detach()) if hasattr(model, "logit_scale") else None,
             **card_kwargs,
         )
         card.save(tmp / "README.md")
@@ -1323,6 +1331,13 @@ def write_ctclip_model_card(
                 sha.update(block)
         digest = sha.hexdigest()
     has_tokenizer = (out_dir / "tokenizer_config.json").is_file()
+    logit_scale = None
+    if (out_dir / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(out_dir / "model.safetensors"), framework="pt") as handle:
+            if "logit_scale" in handle.keys():
+                logit_scale = float(handle.get_tensor("logit_scale"))
     card = build_ctclip_model_card(
         config,
         source_checkpoint=source_checkpoint,
@@ -1332,6 +1347,7 @@ def write_ctclip_model_card(
         files=[f for f in _folder_files(out_dir) if f[0] != "README.md"] + [("README.md", None)],
         requirements=_requirements(out_dir),
         has_tokenizer=has_tokenizer,
+        logit_scale=logit_scale,
     )
     problems = validate_card(card, towers=towers)
     if problems:
