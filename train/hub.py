@@ -1325,10 +1325,16 @@ def write_ctclip_model_card(
         raise ValueError(f"{config_path}: towers {towers} are not a CT-CLIP conversion (needs 'ct' and 'text').")
     digest = None
     if source_checkpoint is not None and compute_sha256:
+        from tqdm.auto import tqdm
+
         sha = hashlib.sha256()
-        with open(source_checkpoint, "rb") as handle:
+        size = Path(source_checkpoint).stat().st_size
+        with open(source_checkpoint, "rb") as handle, tqdm(
+            total=size, unit="B", unit_scale=True, desc="sha256", disable=size < (256 << 20)
+        ) as bar:
             for block in iter(lambda: handle.read(1 << 24), b""):
                 sha.update(block)
+                bar.update(len(block))
         digest = sha.hexdigest()
     has_tokenizer = (out_dir / "tokenizer_config.json").is_file()
     logit_scale = None
