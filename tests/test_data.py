@@ -71,10 +71,21 @@ def layout(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The project's synthetic CT-RATE set: 4 training scans with 2 reconstructions each (16 x 32 x 32 voxels)."""
+    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_ct_rate(root, n_train=4, n_valid=0, shape=(16, 32, 32), seed=3, recons=2, progress=False)
+    return root, [D.volume_stem(n) for n in D.ct_rate_table(root, "train")["VolumeName"]]
+
+
+@pytest.fixture(scope="module")
 def processor():
+    """A volume processor for the synthetic chests: 8 x 16 x 16 voxels of 40 x 24 x 24 mm hold all of them."""
     from x2ctclip.processors import X2CTCLIPVolumeProcessor
 
-    return X2CTCLIPVolumeProcessor(target_shape=(8, 16, 16))
+    return X2CTCLIPVolumeProcessor(target_shape=(8, 16, 16), target_spacing=(40.0, 24.0, 24.0))
 
 
 def _stems(examples):
@@ -179,18 +190,33 @@ def test_read_volume_errors(layout, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------------- streaming
-def test_stream_decodes_with_the_volume_processor(layout, processor):
-    root, names = layout
+def test_stream_decodes_with_the_volume_processor(synthetic, processor):
+    root, names = synthetic
     examples = list(D.stream_ct_rate(root, "train", volume_processor=processor))
-    assert _stems(examples) == sorted(names)
+    assert _stems(examples) == sorted(names) and len(names) == 8
     table = D.ct_rate_table(root, "train").set_index("VolumeName")
-    for example in examples[:2]:
+    for example in examples[:3]:
         meta = table.loc[example["VolumeName"]]
         volume = D.read_ct_rate_volume(str(root / meta["path"]), slope=meta["slope"], intercept=meta["intercept"],
                                        xy_spacing=meta["xy_spacing"], z_spacing=meta["z_spacing"])
         assert example["ct_values"].shape == (1, 8, 16, 16)
         assert np.array_equal(example["ct_values"][0], processor.process_volume(volume).numpy())
         assert list(example["labels"]) == list(meta["labels"]) and example["scan_id"] == meta["scan_id"]
+        assert example["report"] == meta["report"] and len(example["report"]) > 20
+
+
+def test_stream_matches_the_preprocessed_shards(synthetic, processor, tmp_path):
+    from x2ctclip.train.preprocess import preprocess_ct_rate
+
+    root, _ = synthetic
+    preprocess_ct_rate(root, tmp_path, splits=("train",), shape=(8, 16, 16), spacing=(40.0, 24.0, 24.0), cxr_size=32,
+                       progress=False)
+    stored = D.load_preprocessed(tmp_path, "train")
+    streamed = D.stream_ct_rate(root, "train", volume_processor=processor, cxr_mode="mean", cxr_size=32)
+    for row, example in zip(stored, streamed):
+        assert row["VolumeName"] == example["VolumeName"]
+        assert np.abs(D.ct_values_from_ct(row["ct"]).numpy() - example["ct_values"]).max() <= 0.5e-3 + 1e-6
+        assert np.array_equal(row["cxr"], example["cxr"])
 
 
 def test_stream_without_processor_gives_hu_and_spacing(layout):
@@ -202,11 +228,11 @@ def test_stream_without_processor_gives_hu_and_spacing(layout):
     assert list(example["spacing"]) == [0.75, 0.75, 0.75]
 
 
-def test_stream_simulates_cxr(layout, processor):
+def test_stream_simulates_cxr(synthetic, processor):
     from x2ctclip.processors import X2CTCLIPImageProcessor
 
-    root, _ = layout
-    example = next(iter(D.stream_ct_rate(root, "train", cxr_mode="mean", cxr_size=32)))
+    root, _ = synthetic
+    example = next(iter(D.stream_ct_rate(root, "train", cxr_mode="beer_lambert", cxr_size=32)))
     assert np.asarray(example["cxr"]).shape == (32, 32) and np.asarray(example["cxr"]).dtype == np.uint8
     image_processor = X2CTCLIPImageProcessor(size=32, crop_size=32)
     example = next(iter(D.stream_ct_rate(root, "train", volume_processor=processor, cxr_mode="mean",
@@ -214,9 +240,9 @@ def test_stream_simulates_cxr(layout, processor):
     assert np.asarray(example["pixel_values"]).shape == (3, 32, 32)
 
 
-def test_stream_is_sharded_by_file_across_dataloader_workers(layout):
-    root, names = layout
-    stream = D.stream_ct_rate(root, "train")
+def test_stream_is_sharded_by_file_across_dataloader_workers(synthetic, processor):
+    root, names = synthetic
+    stream = D.stream_ct_rate(root, "train", volume_processor=processor)
     assert stream.num_shards == len(names)
     tagged = stream.map(lambda e: {"worker": torch.utils.data.get_worker_info().id})
     loader = torch.utils.data.DataLoader(tagged, batch_size=None, num_workers=2, collate_fn=lambda x: x)
@@ -225,9 +251,9 @@ def test_stream_is_sharded_by_file_across_dataloader_workers(layout):
     assert {worker for _, worker in seen} == {0, 1}  # both workers read files
 
 
-@pytest.mark.parametrize("strategy, n", [("auto", 6), ("shards", 7)])
-def test_stream_splits_by_node_without_overlap(layout, strategy, n):
-    root, names = layout
+@pytest.mark.parametrize("strategy, n", [("auto", 8), ("shards", 7)])
+def test_stream_splits_by_node_without_overlap(synthetic, strategy, n):
+    root, names = synthetic
     subset = sorted(names)[:n]
     parts = []
     for rank in range(2):
@@ -289,8 +315,8 @@ class _FakeHub(MemoryFileSystem):
         return MemoryFileSystem._strip_protocol(path.removeprefix("hf://"))
 
 
-def test_hf_urls_stream_through_fsspec(layout, processor, monkeypatch):
-    root, names = layout
+def test_hf_urls_stream_through_fsspec(synthetic, processor):
+    root, names = synthetic
     fs = _FakeHub()
     for file in root.rglob("*"):
         if file.is_file():

@@ -26,6 +26,7 @@ from x2ctclip.train.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 16, 16)  # the tiny CT tower's input
+SPACING = (40.0, 24.0, 24.0)  # mm: the whole synthetic chest (16 x 32 x 32 voxels, ~330 x 380 x 380 mm)
 
 
 def _synthetic(root):
@@ -39,7 +40,7 @@ def preprocessed(tmp_path_factory):
     root = tmp_path_factory.mktemp("ct_rate")
     _synthetic(root)
     out = tmp_path_factory.mktemp("pre") / "out"
-    P.preprocess_ct_rate(root, out, splits=("train", "valid"), shape=SHAPE, cxr_size=16, progress=False)
+    P.preprocess_ct_rate(root, out, splits=("train", "valid"), shape=SHAPE, spacing=SPACING, cxr_size=16, progress=False)
     return out
 
 
@@ -112,7 +113,7 @@ def test_refusals(cache, model_dir, preprocessed, tmp_path):
     _assert_same(D.load_embedding_cache(tmp_path / "c2", "valid"), D.load_embedding_cache(cache, "valid"))
     big = tmp_path / "big"
     P.preprocess_ct_rate(json.loads((preprocessed / D.PREPROCESS_CONFIG).read_text())["source_root"], big,
-                         splits=("valid",), shape=(8, 32, 32), cxr_size=16, progress=False)
+                         splits=("valid",), shape=(8, 32, 32), spacing=SPACING, cxr_size=16, progress=False)
     with pytest.raises(ValueError, match="8 x 32 x 32 do not fit"):
         cache_embeddings(model_dir, big, tmp_path / "c3", device="cpu", progress=False)
     with pytest.raises(FileNotFoundError, match="test"):

@@ -15,6 +15,9 @@ from x2ctclip.train import preprocess as P
 from x2ctclip.train.cli import main as cli_main
 
 SHAPE = (8, 16, 16)
+# The synthetic chests (16 x 32 x 32 voxels) span about 330 x 380 x 380 mm: a coarse grid keeps them whole, and small.
+SPACING = (40.0, 24.0, 24.0)
+GRID = dict(shape=SHAPE, spacing=SPACING)
 CXR = 32
 
 
@@ -34,7 +37,7 @@ def ct_rate(tmp_path_factory):
 @pytest.fixture(scope="module")
 def preprocessed(ct_rate, tmp_path_factory):
     out = tmp_path_factory.mktemp("pre") / "out"
-    P.preprocess_ct_rate(ct_rate, out, splits=("train", "valid"), shape=SHAPE, cxr_size=CXR, shard_size=2, progress=False)
+    P.preprocess_ct_rate(ct_rate, out, splits=("train", "valid"), **GRID, cxr_size=CXR, shard_size=2, progress=False)
     return out
 
 
@@ -60,7 +63,7 @@ def test_contract_columns_and_values(ct_rate, preprocessed):
     # load_from_disk reads it directly too (a plain save_to_disk folder).
     assert load_from_disk(str(preprocessed / "train")).num_rows == 6
 
-    processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE)
+    processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE, target_spacing=SPACING)
     for index in (0, 5):
         row, meta = dataset[index], table.iloc[index]
         assert row["VolumeName"] == meta["VolumeName"] and row["scan_id"] == meta["scan_id"]
@@ -78,7 +81,8 @@ def test_contract_columns_and_values(ct_rate, preprocessed):
         assert row["cxr"].dtype == np.uint8 and row["cxr"].min() == 0 and row["cxr"].max() == 255
 
     config = json.loads((preprocessed / D.PREPROCESS_CONFIG).read_text())
-    assert config["shape"] == list(SHAPE) and config["cxr_mode"] == "mean" and config["cxr_size"] == CXR
+    assert config["shape"] == list(SHAPE) and config["spacing"] == list(SPACING)
+    assert config["cxr_mode"] == "mean" and config["cxr_size"] == CXR
     assert config["volume_processor"]["target_shape"] == list(SHAPE) and config["source_root"] == str(ct_rate)
     assert config["splits"]["train"] == {"num_rows": 6, "num_shards": 3} and "datasets" in config["versions"]
 
@@ -115,7 +119,7 @@ def test_resume_after_a_crash_gives_the_same_result(ct_rate, preprocessed, tmp_p
 
     monkeypatch.setattr(P._VolumeWorker, "__call__", crash_on_fourth)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        P.preprocess_ct_rate(ct_rate, out, splits=("train",), shape=SHAPE, cxr_size=CXR, shard_size=2, progress=False)
+        P.preprocess_ct_rate(ct_rate, out, splits=("train",), **GRID, cxr_size=CXR, shard_size=2, progress=False)
     # Shard 0 (rows 0-1) is complete; shard 1 died at its second row: no file under its final name, no temp file.
     assert sorted(p.name for p in (out / "train").glob("*.arrow")) == ["data-00000-of-00003.arrow"]
     assert not list((out / "train").glob(".data-*")) and not (out / "train" / "state.json").exists()
@@ -123,7 +127,7 @@ def test_resume_after_a_crash_gives_the_same_result(ct_rate, preprocessed, tmp_p
     # A stale temporary file (as a SIGKILL would leave) is removed on restart.
     (out / "train" / ".data-00001-of-00003.arrow.tmp-99999").write_bytes(b"partial")
     mtime = (out / "train" / "data-00000-of-00003.arrow").stat().st_mtime_ns
-    P.preprocess_ct_rate(ct_rate, out, splits=("train",), shape=SHAPE, cxr_size=CXR, shard_size=2, progress=False)
+    P.preprocess_ct_rate(ct_rate, out, splits=("train",), **GRID, cxr_size=CXR, shard_size=2, progress=False)
     assert (out / "train" / "data-00000-of-00003.arrow").stat().st_mtime_ns == mtime  # skipped, not redone
     assert not list((out / "train").glob(".data-*"))
     _same(D.load_preprocessed(out, "train"), D.load_preprocessed(preprocessed, "train"))
@@ -133,13 +137,13 @@ def test_other_parameters_are_refused(ct_rate, preprocessed, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(preprocessed, out)
     with pytest.raises(ValueError, match="cxr_size"):
-        P.preprocess_ct_rate(ct_rate, out, splits=("train",), shape=SHAPE, cxr_size=64, progress=False)
+        P.preprocess_ct_rate(ct_rate, out, splits=("train",), **GRID, cxr_size=64, progress=False)
     with pytest.raises(ValueError, match="another run"):
-        P.preprocess_ct_rate(ct_rate, out, splits=("train",), shape=SHAPE, cxr_size=CXR, shard_size=3, progress=False)
+        P.preprocess_ct_rate(ct_rate, out, splits=("train",), **GRID, cxr_size=CXR, shard_size=3, progress=False)
     for kwargs, match in ((dict(shape=(8, 16)), "shape"), (dict(spacing=(1, 0, 1)), "spacing"),
                           (dict(cxr_mode="max"), "cxr_mode"), (dict(workers=-1), "workers"), (dict(splits=()), "split")):
         with pytest.raises(ValueError, match=match):
-            P.preprocess_ct_rate(ct_rate, tmp_path / "new", **{"shape": SHAPE, **kwargs}, progress=False)
+            P.preprocess_ct_rate(ct_rate, tmp_path / "new", **{**GRID, **kwargs}, progress=False)
 
 
 def test_bad_volume_is_named(ct_rate, tmp_path):
@@ -148,7 +152,7 @@ def test_bad_volume_is_named(ct_rate, tmp_path):
     victim = sorted((root / "valid").rglob("*.nii.gz"))[1]
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(ValueError, match=f"{victim.name}: corrupt or truncated"):
-        P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), shape=SHAPE, cxr_size=CXR, progress=False)
+        P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, progress=False)
 
 
 def test_to_uint8_square_keeps_the_aspect_ratio():
@@ -164,7 +168,7 @@ def test_to_uint8_square_keeps_the_aspect_ratio():
 
 @pytest.mark.slow
 def test_worker_processes_give_the_same_shards(ct_rate, preprocessed, tmp_path):
-    P.preprocess_ct_rate(ct_rate, tmp_path / "out", splits=("valid",), shape=SHAPE, cxr_size=CXR, shard_size=2,
+    P.preprocess_ct_rate(ct_rate, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
                          workers=2, progress=False)
     _same(D.load_preprocessed(tmp_path / "out", "valid"), D.load_preprocessed(preprocessed, "valid"))
 
@@ -172,7 +176,7 @@ def test_worker_processes_give_the_same_shards(ct_rate, preprocessed, tmp_path):
 def test_command_line(ct_rate, preprocessed, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["preprocess", str(ct_rate), str(out), "--split", "valid", "--shape", *map(str, SHAPE),
-            "--cxr-size", str(CXR), "--shard-size", "2", "--no-progress"]
+            "--spacing", *map(str, SPACING), "--cxr-size", str(CXR), "--shard-size", "2", "--no-progress"]
     assert cli_main(argv) == 0
     assert "valid: 4 rows" in capsys.readouterr().out
     _same(D.load_preprocessed(out, "valid"), D.load_preprocessed(preprocessed, "valid"))
