@@ -1,0 +1,483 @@
+"""Synthetic chest CT studies in the exact CT-RATE release layout: the project's embedded default data set.
+
+Nobody can download CT-RATE here, so this module writes a stand-in that the same loader reads::
+
+    OUT_DIR/
+      train/train_1/train_1_a/train_1_a_1.nii.gz          # {split}_{patient}_{scan}_{reconstruction}
+      valid/valid_1/valid_1_a/valid_1_a_1.nii.gz
+      radiology_text_reports/{split}_reports.csv           # VolumeName, ClinicalInformation_EN, Technique_EN,
+                                                           # Findings_EN, Impressions_EN
+      multi_abnormality_labels/{split}_predicted_labels.csv  # VolumeName + the 18 labels, canonical order
+      metadata/{split}_metadata.csv                        # VolumeName, RescaleSlope, RescaleIntercept,
+                                                           # XYSpacing "[x, y]", ZSpacing, Rows, Columns, ...
+
+Volumes are int16 *stored values* with ``scl_slope``/``scl_inter`` in the NIfTI header (and RescaleSlope /
+RescaleIntercept in the metadata): ``HU = stored * slope + intercept``. The voxel axes ``(i, j, k)`` of the NIfTI
+data array point to the patient's Left, Posterior and Superior (nibabel axis codes ``("L", "P", "S")``, i.e. the
+DICOM LPS order of an axial series with slices stored feet to head); the affine maps voxels to RAS+ millimetres
+as NIfTI requires (``diag(-sx, -sy, sz)`` plus the origin). Slice ``data[:, :, k].T`` is an axial image in the
+radiological display convention (anterior up, patient right on the left), and a mean over ``j`` (the
+antero-posterior axis) transposed and flipped vertically is an upright frontal radiograph.
+
+Every study is a deterministic function of ``(seed, split, patient, scan)``: labels are drawn with the real CT-RATE
+prevalences and co-occurrences, each positive finding is placed and measured, the chest is rendered in HU at the
+requested shape, and a report in the CT-RATE style describes it (:mod:`.synthetic_reports`). Files are written to
+a temporary name and renamed, so an interrupted run leaves no corrupt file, and a rerun only renders what is
+missing. Public API: :func:`synthesize_study` (in memory), :func:`make_study` (all reconstructions and metadata),
+:func:`generate_synthetic_ct_rate` (the folder); the ``x2ctclip make-synthetic`` command wraps the last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from x2ctclip import CT_RATE_FINDINGS
+
+from . import synthetic_anatomy as anatomy
+from . import synthetic_findings as findings
+from .synthetic_reports import make_report
+
+REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
+LABEL_COLUMNS = ("VolumeName", *CT_RATE_FINDINGS)
+METADATA_COLUMNS = (
+    "VolumeName", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "ConvolutionKernel",
+    "PatientSex", "PatientAge", "PatientPosition", "KVP", "XRayTubeCurrent", "SliceThickness",
+    "Rows", "Columns", "NumberOfSlices", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelPaddingValue", "StudyDate",
+)
+SPLITS = ("train", "valid", "test")
+DEFAULT_SHAPE = (96, 128, 128)
+
+# Reconstructions of one scan, cycled when more are asked: a soft-tissue kernel, a sharp (lung) kernel with more
+# noise and no smoothing, and thick slices (pairs of slices averaged: half as many, twice the spacing).
+RECON_KINDS = (
+    {"kind": "soft", "kernel": "B30f", "description": "THORAX 1.5 B30f", "noise": 1.0, "blur": (0.5, 0.7, 0.7)},
+    {"kind": "sharp", "kernel": "B70f", "description": "THORAX 1.0 B70f LUNG", "noise": 1.6, "blur": None},
+    {"kind": "thick", "kernel": "B30f", "description": "THORAX 5.0 B30f", "noise": 1.0, "blur": (0.5, 0.7, 0.7)},
+)
+SCANNERS = (
+    ("SIEMENS", "SOMATOM Definition Edge", -1024.0, 0.45),
+    ("PHILIPS", "Ingenuity CT", -1024.0, 0.25),
+    ("TOSHIBA", "Aquilion ONE", -1024.0, 0.15),
+    ("PHILIPS", "Brilliance 64", -8192.0, 0.15),  # some scanners store with a large negative intercept
+)
+
+
+@dataclass
+class SyntheticStudy:
+    """One synthetic CT scan with all its reconstructions.
+
+    Attributes:
+        volumes: one int16 HU array per reconstruction, shape ``(D_r, H, W)`` indexed ``[z, y, x]`` (slices feet to
+            head, rows anterior to posterior, columns patient right to left); see :mod:`.synthetic_anatomy`.
+        spacings: ``(sz, sy, sx)`` mm per reconstruction.
+        labels: ``(18,)`` int8, canonical CT-RATE order.
+        report: the four CT-RATE report fields.
+        details: finding name -> measurements (mm) of what was drawn.
+        metadata: one CT-RATE metadata row (without VolumeName) per reconstruction.
+        origin_lps: DICOM LPS position (mm) of voxel ``[0, 0, 0]``.
+    """
+
+    volumes: list
+    spacings: list
+    labels: np.ndarray
+    report: dict
+    details: dict
+    patient: anatomy.Patient
+    metadata: list = field(default_factory=list)
+    origin_lps: tuple = (0.0, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _check_shape(shape) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be three integers (D, H, W), got {shape!r}") from None
+    if len(shape) != 3:
+        raise ValueError(f"shape must be three integers (D, H, W), got {shape!r}")
+    if min(shape) < 16 or max(shape) > 1024:
+        raise ValueError(f"every dimension of shape must be between 16 and 1024 voxels, got {shape}")
+    return shape
+
+
+def _check_spacing(spacing):
+    if spacing is None:
+        return None
+    try:
+        spacing = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing must be three numbers (sz, sy, sx) in mm, got {spacing!r}") from None
+    if len(spacing) != 3 or not all(0.1 <= s <= 30.0 for s in spacing):
+        raise ValueError(f"spacing must be three numbers between 0.1 and 30 mm (sz, sy, sx), got {spacing!r}")
+    return spacing
+
+
+# ------------------------------------------------------------------------------------------------ studies
+def _grid_for(plan: anatomy.ChestPlan, shape, spacing, rng: np.random.Generator) -> anatomy.Grid:
+    """Field of view: the body with a margin in-plane; apices to upper abdomen along z (CT-RATE-like coverage)."""
+    d, h, w = shape
+    top = float(rng.uniform(20.0, 45.0))
+    bottom = plan.z_recess - float(rng.uniform(25.0, 60.0))
+    if spacing is None:
+        fov = max(2 * plan.body_a * float(rng.uniform(1.08, 1.22)), 2 * plan.body_b_ant * 1.25)
+        sx = fov / w
+        spacing = ((top - bottom) / d, sx, sx)
+    sz, sy, sx = spacing
+    # Centre the body left-right; the table sits under the back, so the body is a little anterior of centre.
+    oz = top - (d - 1) * sz
+    oy = -0.5 * (h - 1) * sy + float(rng.uniform(5.0, 15.0))
+    ox = -0.5 * (w - 1) * sx + float(rng.normal(0.0, 3.0))
+    return anatomy.Grid((d, h, w), (sz, sy, sx), (oz, oy, ox))
+
+
+def _study_rngs(seed: int, split: str, patient: int, scan: int):
+    s = SPLITS.index(split) if split in SPLITS else 9
+    # Separate streams, so that e.g. forcing a finding changes neither the anatomy nor the noise of a study.
+    return (
+        np.random.default_rng([seed, s, patient]),  # the patient's body (shared by follow-up scans)
+        np.random.default_rng([seed, s, patient, scan, 0]),  # labels and finding parameters
+        {
+            "anatomy": np.random.default_rng([seed, s, patient, scan, 1]),  # vessel trees, organ details
+            "findings": np.random.default_rng([seed, s, patient, scan, 3]),  # where lesions are drawn
+            "noise": np.random.default_rng([seed, s, patient, scan, 4]),  # reconstruction noise
+        },
+        np.random.default_rng([seed, s, patient, scan, 2]),  # report wording
+    )
+
+
+def plan_study(seed: int, split: str, patient: int, scan: int, shape, *, spacing=None, labels=None):
+    """Everything about a study except its voxels: patient, anatomy plan, grid, labels, finding details, report
+    and scanner metadata. Cheap (no rendering); :func:`make_study` renders it."""
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing)
+    r_patient, r_find, r_render, r_report = _study_rngs(seed, split, patient, scan)
+    person = anatomy.sample_patient(r_patient)
+    plan = anatomy.plan_chest(r_patient, person)
+    grid = _grid_for(plan, shape, spacing, r_patient)
+    scanner = SCANNERS[int(r_patient.choice(len(SCANNERS), p=[s[3] for s in SCANNERS]))]
+    if labels is None:
+        labels = findings.sample_labels(r_find)
+        if scan > 0:
+            # A follow-up scan keeps most of the patient's findings: each label is kept with probability 0.7 and
+            # otherwise redrawn, which preserves the marginal prevalences.
+            _, r_first, _, _ = _study_rngs(seed, split, patient, 0)
+            first = findings.sample_labels(r_first)
+            labels = np.where(r_find.random(len(labels)) < 0.7, first, labels).astype(np.int8)
+    else:
+        labels = findings.as_label_vector(labels)
+    details = findings.plan_findings(r_find, labels, plan)
+    report = make_report(r_report, labels, details, person)
+    return {"patient": person, "plan": plan, "grid": grid, "labels": labels, "details": details,
+            "report": report, "scanner": scanner, "render_rng": r_render, "scan": scan}
+
+
+def make_study(seed: int = 0, shape=DEFAULT_SHAPE, *, spacing=None, labels=None, n_recons: int = 1,
+               split: str = "train", patient: int = 1, scan: int = 0, planned: dict | None = None) -> SyntheticStudy:
+    """Render one study (all ``n_recons`` reconstructions) deterministically from ``(seed, split, patient, scan)``.
+
+    Args:
+        shape: ``(D, H, W)`` of the first reconstruction (slices, rows, columns).
+        spacing: ``(sz, sy, sx)`` mm; default: chosen so the chest fills the field of view like a clinical scan.
+        labels: force the findings (18-vector, dict or list of names); default: drawn like CT-RATE.
+        n_recons: reconstructions to produce (1: soft kernel; 2: + sharp kernel; 3: + 5 mm thick slices; cycles).
+    """
+    if n_recons < 1:
+        raise ValueError(f"n_recons must be >= 1, got {n_recons}")
+    p = planned or plan_study(seed, split, patient, scan, shape, spacing=spacing, labels=labels)
+    plan, grid, rngs, details = p["plan"], p["grid"], p["render_rng"], p["details"]
+    chest = anatomy.render_chest(plan, grid, rngs["anatomy"], lung_hooks=findings.lung_hooks(details, rngs["findings"]))
+    anatomy.plan_trees(rngs["anatomy"], plan, grid, chest.lung, n_leaves=90)
+    anatomy.render_trees(chest)
+    findings.render_findings(chest, details, rngs["findings"])
+    dense = findings.dense_layers(chest, details, rngs["findings"])
+    rng = rngs["noise"]
+    base = chest.hu
+    del chest
+
+    manufacturer, model, intercept, _ = p["scanner"]
+    noise_sd = 42.0 * (1.0 + 0.35 * max(p["patient"].habitus, 0.0))  # before the blur; ~12-16 HU after it
+    padding = -2048.0 if manufacturer == "SIEMENS" else (-3024.0 if manufacturer == "TOSHIBA" else None)
+    volumes, spacings, meta = [], [], []
+    for r in range(n_recons):
+        spec = RECON_KINDS[r % len(RECON_KINDS)]
+        vol = _reconstruct(base, rng, spec, noise_sd, dense)
+        sp = grid.spacing
+        if spec["kind"] == "thick":
+            d2 = vol.shape[0] // 2
+            vol = 0.5 * (vol[0:2 * d2:2] + vol[1:2 * d2:2])
+            sp = (sp[0] * 2, sp[1], sp[2])
+        if padding is not None:
+            _pad_outside_fov(vol, padding)
+        hu16 = np.clip(np.rint(vol), -3024, 3071).astype(np.int16)
+        volumes.append(hu16)
+        spacings.append(sp)
+        meta.append(_metadata_row(p, spec, hu16.shape, sp, intercept, padding))
+    origin = (grid.origin[2], grid.origin[1], grid.origin[0] + TABLE_Z)
+    return SyntheticStudy(volumes=volumes, spacings=spacings, labels=p["labels"], report=p["report"],
+                          details=details, patient=p["patient"], metadata=meta, origin_lps=origin)
+
+
+TABLE_Z = -180.0  # scanner z of the lung apex (mm): only shifts ImagePositionPatient and the affine
+
+
+def _reconstruct(base: np.ndarray, rng, spec: dict, noise_sd: float, dense: list) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    vol = rng.standard_normal(base.shape, dtype=np.float32)
+    vol *= noise_sd * spec["noise"] * (1.0 if spec["blur"] else 0.45)
+    vol += base
+    if spec["blur"]:
+        gaussian_filter(vol, spec["blur"], output=vol, truncate=3.0)
+    findings.apply_dense_layers(vol, dense)
+    return vol
+
+
+def _pad_outside_fov(vol: np.ndarray, value: float) -> None:
+    """Scanners store a padding value outside the circular reconstruction field of view."""
+    _, h, w = vol.shape
+    yy, xx = np.ogrid[:h, :w]
+    outside = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 > 1.0
+    vol[:, outside] = value
+
+
+def _metadata_row(p: dict, spec: dict, shape, spacing, intercept: float, padding) -> dict:
+    manufacturer, model, _, _ = p["scanner"]
+    person = p["patient"]
+    grid = p["grid"]
+    sz, sy, sx = spacing
+    thick = {"soft": 1.5, "sharp": 1.0, "thick": 5.0}[spec["kind"]]
+    origin = (grid.origin[2], grid.origin[1], grid.origin[0] + TABLE_Z)
+    return {
+        "Manufacturer": manufacturer,
+        "ManufacturerModelName": model,
+        "SeriesDescription": spec["description"],
+        "ConvolutionKernel": spec["kernel"],
+        "PatientSex": person.sex,
+        "PatientAge": f"{person.age:03d}Y",
+        "PatientPosition": "HFS",
+        "KVP": 120,
+        "XRayTubeCurrent": int(120 + 80 * max(person.habitus, 0)),
+        "SliceThickness": max(thick, round(sz, 6)) if spec["kind"] == "thick" else thick,
+        "Rows": shape[1],
+        "Columns": shape[2],
+        "NumberOfSlices": shape[0],
+        "XYSpacing": f"[{_fmt(sx)}, {_fmt(sy)}]",
+        "ZSpacing": _fmt(sz),
+        "RescaleSlope": 1.0,
+        "RescaleIntercept": intercept,
+        "RescaleType": "HU",
+        "ImagePositionPatient": f"[{_fmt(origin[0])}, {_fmt(origin[1])}, {_fmt(origin[2])}]",
+        "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+        "PixelPaddingValue": "" if padding is None else int(padding - intercept),
+        "StudyDate": 20200101 + 100 * (p["scan"] % 12),
+    }
+
+
+def _fmt(v: float) -> str:
+    return repr(round(float(v), 6))
+
+
+def synthesize_study(rng, shape=DEFAULT_SHAPE, spacing=None, labels=None):
+    """In-memory convenience: one soft-kernel reconstruction.
+
+    Args:
+        rng: an int seed or a ``numpy.random.Generator`` (an integer seed is drawn from it).
+        shape: ``(D, H, W)`` voxels. spacing: ``(sz, sy, sx)`` mm or None. labels: as in :func:`make_study`.
+
+    Returns:
+        ``(hu, labels, report)``: int16 HU volume ``(D, H, W)`` indexed ``[z, y, x]`` (feet->head,
+        anterior->posterior, right->left), the ``(18,)`` int8 labels, the report dict (CT-RATE field names).
+    """
+    seed = int(rng.integers(0, 2**31 - 1)) if isinstance(rng, np.random.Generator) else int(rng)
+    study = make_study(seed, shape, spacing=spacing, labels=labels)
+    return study.volumes[0], study.labels, study.report
+
+
+# ------------------------------------------------------------------------------------------------- writing
+def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept: float) -> bytes:
+    """A NIfTI-1 file (uncompressed bytes) for ``stored`` int16 values shaped ``(D, H, W)`` ``[z, y, x]``.
+
+    The header carries ``scl_slope``/``scl_inter``, qform = sform (code 1, scanner) and mm units. Written by hand
+    rather than with ``nibabel.save`` because nibabel rescales in-memory arrays on save and resets the slope.
+    """
+    import nibabel as nib
+
+    if stored.dtype != np.int16 or stored.ndim != 3:
+        raise ValueError(f"stored values must be a 3-D int16 array, got {stored.dtype} {stored.shape}")
+    sz, sy, sx = (float(v) for v in spacing)
+    ox, oy, oz = (float(v) for v in origin_lps)
+    # Voxel (i, j, k) -> LPS (ox + i sx, oy + j sy, oz + k sz) -> RAS (negate x and y).
+    affine = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1]], dtype=np.float64)
+    data = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) = (i, j, k)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(np.int16)
+    hdr.set_zooms((sx, sy, sz))
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr.set_xyzt_units("mm", "sec")
+    hdr["scl_slope"] = slope
+    hdr["scl_inter"] = intercept
+    hdr["vox_offset"] = 352
+    hdr["descrip"] = b"x2ctclip synthetic chest CT"
+    return hdr.binaryblock + b"\x00\x00\x00\x00" + data.tobytes(order="F")
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary sibling and rename it over ``path`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, intercept: float, slope: float = 1.0,
+                 compresslevel: int = 1) -> None:
+    """Write an int16 HU volume ``(D, H, W)`` as ``.nii.gz`` stored values, atomically; deterministic bytes
+    (gzip header without time stamp or name)."""
+    from isal import igzip
+
+    stored = np.rint((hu.astype(np.float32) - intercept) / slope).astype(np.int16)
+    raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept)
+    write_atomic(path, igzip.compress(raw, compresslevel, mtime=0))
+
+
+def volume_name(split: str, patient: int, scan: int, recon: int) -> str:
+    """CT-RATE volume name, e.g. ``train_12_a_1`` (patients and reconstructions from 1, scans a, b, ...)."""
+    return f"{split}_{patient}_{chr(ord('a') + scan)}_{recon}"
+
+
+def volume_path(out_dir: Path, name: str) -> Path:
+    split, patient, scan, _ = name.split("_")
+    return Path(out_dir) / split / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
+
+
+def _split_scans(seed: int, split: str, n_scans: int) -> list[tuple[int, int]]:
+    """(patient, scan) pairs: most patients have one scan, about 15 % a follow-up scan 'b'."""
+    rng = np.random.default_rng([seed, SPLITS.index(split), 10_000])
+    out, patient = [], 0
+    while len(out) < n_scans:
+        patient += 1
+        n = 2 if rng.random() < 0.15 else 1
+        for s in range(n):
+            if len(out) < n_scans:
+                out.append((patient, s))
+    return out
+
+
+def _study_task(args) -> list[dict]:
+    """Worker: render/write one scan's reconstructions that are missing; return its CSV rows."""
+    out_dir, seed, split, patient, scan, shape, n_recons, spacing = args
+    names = [volume_name(split, patient, scan, r + 1) for r in range(n_recons)]
+    paths = [volume_path(out_dir, n) for n in names]
+    p = plan_study(seed, split, patient, scan, shape, spacing=spacing)
+    intercept = p["scanner"][2]
+    if not all(path.exists() for path in paths):
+        study = make_study(seed, shape, n_recons=n_recons, split=split, patient=patient, scan=scan, planned=p)
+        for path, vol, sp in zip(paths, study.volumes, study.spacings):
+            if not path.exists():
+                write_volume(path, vol, sp, study.origin_lps, intercept)
+        metas = study.metadata
+    else:
+        metas = []
+        for r in range(n_recons):  # metadata from the plan alone (what make_study would produce)
+            spec = RECON_KINDS[r % len(RECON_KINDS)]
+            sp, d = p["grid"].spacing, p["grid"].shape[0]
+            if spec["kind"] == "thick":
+                sp, d = (sp[0] * 2, sp[1], sp[2]), d // 2
+            manufacturer = p["scanner"][0]
+            padding = -2048.0 if manufacturer == "SIEMENS" else (-3024.0 if manufacturer == "TOSHIBA" else None)
+            metas.append(_metadata_row(p, spec, (d, *p["grid"].shape[1:]), sp, intercept, padding))
+    rows = []
+    for name, meta in zip(names, metas):
+        rows.append({"name": name, "report": p["report"], "labels": [int(v) for v in p["labels"]], "meta": meta})
+    return rows
+
+
+def _csv_bytes(columns, rows) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def generate_synthetic_ct_rate(out_dir, n_train: int = 100, n_valid: int = 20, n_test: int = 0,
+                               shape=DEFAULT_SHAPE, seed: int = 0, recons: int = 1, workers: int = 1,
+                               spacing=None, progress: bool = True) -> dict:
+    """Write a synthetic data set in the CT-RATE layout under ``out_dir``.
+
+    Args:
+        n_train, n_valid, n_test: scans per split (each with ``recons`` reconstructions); a split with 0 scans is
+            not written.
+        shape: ``(D, H, W)`` of the first reconstruction. seed: everything is a function of it.
+        workers: processes (1 = in this process).
+
+    Returns:
+        ``{"volumes": written, "skipped": already present, "rows": {split: n_rows}}``.
+    """
+    from tqdm.auto import tqdm
+
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing)
+    for name, n in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
+        if int(n) != n or n < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+    if n_train + n_valid + n_test == 0:
+        raise ValueError("nothing to generate: n_train, n_valid and n_test are all 0")
+    if recons < 1 or recons > 9:
+        raise ValueError(f"recons must be between 1 and 9, got {recons}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        for patient, scan in _split_scans(seed, split, int(n)):
+            tasks.append((out_dir, int(seed), split, patient, scan, shape, int(recons), spacing))
+    existing = sum(volume_path(out_dir, volume_name(t[2], t[3], t[4], r + 1)).exists()
+                   for t in tasks for r in range(recons))
+    results = []
+    bar = tqdm(total=len(tasks), desc="synthetic CT studies", unit="study", disable=not progress)
+    if workers == 1:
+        for t in tasks:
+            results.append(_study_task(t))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for rows in pool.imap(_study_task, tasks, chunksize=1):
+                results.append(rows)
+                bar.update()
+    bar.close()
+
+    counts = {}
+    for split in SPLITS:
+        rows = [r for res, t in zip(results, tasks) if t[2] == split for r in res]
+        if not rows:
+            continue
+        counts[split] = len(rows)
+        write_atomic(out_dir / "radiology_text_reports" / f"{split}_reports.csv", _csv_bytes(
+            REPORT_COLUMNS, [[r["name"]] + [r["report"][c] for c in REPORT_COLUMNS[1:]] for r in rows]))
+        write_atomic(out_dir / "multi_abnormality_labels" / f"{split}_predicted_labels.csv", _csv_bytes(
+            LABEL_COLUMNS, [[r["name"], *r["labels"]] for r in rows]))
+        write_atomic(out_dir / "metadata" / f"{split}_metadata.csv", _csv_bytes(
+            METADATA_COLUMNS, [[r["name"]] + [r["meta"][c] for c in METADATA_COLUMNS[1:]] for r in rows]))
+    total = len(tasks) * recons
+    return {"volumes": total - existing, "skipped": existing, "rows": counts}

@@ -1,0 +1,610 @@
+"""Radiology reports for synthetic chest CT studies, in the style of CT-RATE's English reports.
+
+The sentences are this project's own templates. They follow the organisation of CT-RATE reports (read for facts and
+vocabulary only): findings organ by organ - trachea and bronchi, mediastinum, heart and great vessels, lymph nodes,
+oesophagus, lung parenchyma, pleura, upper abdomen, bones - then a short impression. Every positive finding is
+described with its measurements (nodule diameter, node short axis, effusion depth in mm) and location (lobes,
+sides); absent findings are stated negatively in the section where a radiologist would mention them. Each statement
+has several phrasings and statements are shuffled within a section, so a text model cannot key on one fixed
+sentence. ``ClinicalInformation_EN`` (and rarely ``Technique_EN``) may be the literal "Not given." as in CT-RATE.
+
+Public entry point: :func:`make_report`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from x2ctclip import CT_RATE_FINDINGS
+
+NOT_GIVEN = "Not given."
+
+SEGMENTS = {
+    "right upper": ("apical", "posterior", "anterior"),
+    "right middle": ("lateral", "medial"),
+    "right lower": ("superior", "posterobasal", "laterobasal", "anterobasal", "mediobasal"),
+    "left upper": ("apicoposterior", "anterior", "superior lingular", "inferior lingular"),
+    "left lower": ("superior", "posterobasal", "laterobasal", "anteromediobasal"),
+}
+
+
+class _Writer:
+    """Picks phrasings with a generator; keeps the wording logic readable."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def pick(self, *options):
+        return options[int(self.rng.integers(len(options)))]
+
+    def chance(self, p: float) -> bool:
+        return bool(self.rng.random() < p)
+
+    def shuffle(self, items: list) -> list:
+        order = self.rng.permutation(len(items))
+        return [items[i] for i in order]
+
+    def lobe(self, lobe: str, segment: bool = False) -> str:
+        side, part = lobe.split()
+        seg = ""
+        if segment and self.chance(0.6):
+            seg = f" {self.pick(*SEGMENTS[lobe])} segment"
+            if part == "upper" and "lingular" in seg:
+                return self.pick(f"the{seg} of the left lung upper lobe", f"the left lung{seg}")
+        if part == "middle":
+            return self.pick("the right lung middle lobe", "the middle lobe of the right lung",
+                             "the right middle lobe") + (f"{seg}" if seg else "")
+        return self.pick(f"the {side} lung {part} lobe", f"the {part} lobe of the {side} lung",
+                         f"the {side} {part} lobe") + (f"{seg}" if seg else "")
+
+    def lobes(self, lobes: list[str]) -> str:
+        """Lobes joined naturally; both lower lobes become 'both lung lower lobes'."""
+        if not lobes:
+            return self.pick("both lungs", "bilateral lung parenchyma")
+        if set(lobes) == {"right lower", "left lower"}:
+            return self.pick("the lower lobes of both lungs", "both lung lower lobes", "bilateral lower lobes")
+        if set(lobes) == {"right upper", "left upper"}:
+            return self.pick("the upper lobes of both lungs", "both lung upper lobes", "bilateral upper lobes")
+        parts = [self.lobe(lobe) for lobe in lobes]
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    @staticmethod
+    def sides(sides: list[str]) -> str:
+        return "bilateral" if len(sides) == 2 else sides[0]
+
+
+def _join(sentences) -> str:
+    return " ".join(s.strip() for s in sentences if s)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _trachea(w: _Writer) -> list[str]:
+    return [w.pick(
+        "The trachea and both main bronchi are patent.",
+        "Trachea and main bronchi are open and no endoluminal lesion is seen.",
+        "The lumens of the trachea and both main bronchi are clear.",
+        "Trachea and both main bronchi have a normal calibre and are open.",
+        "No obstructing lesion is present in the trachea or the main bronchi.",
+    )]
+
+
+def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
+    out = []
+    if "Cardiomegaly" in pos:
+        ctr = d["Cardiomegaly"]["ctr"]
+        out.append(w.pick(
+            "The heart is enlarged (cardiomegaly).",
+            f"Cardiomegaly is present; the cardiothoracic ratio is about {ctr:.2f}.",
+            "Heart size is increased.",
+            "The cardiothoracic index is increased in favour of cardiomegaly.",
+            f"There is an increase in heart size, cardiothoracic ratio {ctr:.2f}.",
+        ))
+    else:
+        out.append(w.pick(
+            "Heart size and contour are normal.",
+            "The heart is of normal size and contour.",
+            "Heart contour and dimensions are within normal limits.",
+            "Cardiac size is normal.",
+            "The heart and mediastinal vascular structures appear natural.",
+        ))
+    if "Pericardial effusion" in pos:
+        t = d["Pericardial effusion"]["thickness_mm"]
+        amount = "Minimal" if t < 8 else ("Mild" if t < 14 else "Marked")
+        out.append(w.pick(
+            f"{amount} pericardial effusion is present, measuring {t} mm at its thickest point.",
+            f"Pericardial effusion reaching {t} mm in thickness is seen.",
+            f"{amount} effusion is observed in the pericardial space.",
+            f"There is a pericardial effusion with a thickness of {t} mm.",
+            f"{amount} pericardial fluid, {t} mm thick, surrounds the heart.",
+        ))
+    else:
+        out.append(w.pick(
+            "No pericardial effusion or thickening is seen.",
+            "There is no pericardial effusion or pericardial thickening.",
+            "The pericardium is not thickened and contains no effusion.",
+            "Pericardial effusion-thickening is not present.",
+            "No pericardial fluid is present.",
+        ))
+    arterial = "Arterial wall calcification" in pos
+    coronary = "Coronary artery wall calcification" in pos
+    if arterial and coronary:
+        vessels = d["Coronary artery wall calcification"]["vessels"]
+        out.append(w.pick(
+            "Calcified atheroma plaques are seen in the aorta and coronary arteries.",
+            "Atherosclerotic changes with calcified plaques are present in the thoracic aorta and the coronary "
+            "arteries.",
+            f"There are calcific atheromatous plaques in the walls of the aortic arch, the descending aorta and the "
+            f"coronary arteries ({', '.join(vessels)}).",
+            "Wall calcifications are noted in the aorta and coronary arteries.",
+        ))
+    elif arterial:
+        sites = d["Arterial wall calcification"]["sites"]
+        site = sites[0] if len(sites) == 1 else ", ".join(sites[:-1]) + " and " + sites[-1]
+        out.append(w.pick(
+            f"Calcified atheroma plaques are present in the wall of the {site}.",
+            f"Atherosclerotic wall calcifications are noted in the {site}.",
+            f"There are calcific atheromatous plaques along the {site}.",
+            "Atherosclerotic changes with wall calcification are seen in the thoracic aorta.",
+        ))
+    elif coronary:
+        vessels = d["Coronary artery wall calcification"]["vessels"]
+        names = {"LAD": "left anterior descending artery", "LCx": "circumflex artery", "RCA": "right coronary artery"}
+        v = ", ".join(names[x] for x in vessels)
+        out.append(w.pick(
+            f"Calcified plaques are seen in the coronary arteries ({', '.join(vessels)}).",
+            f"Coronary artery wall calcifications are present along the {v}.",
+            f"There are calcific atheroma plaques in the coronary arteries, in the {v}.",
+            "Atherosclerotic calcifications are observed in the coronary arteries.",
+        ))
+    if "Medical material" in pos:
+        out.extend(_medical_material(w, d["Medical material"]["items"]))
+    out.append(w.pick(
+        "The thoracic aorta has a normal diameter.",
+        "Calibration of the thoracic aorta is natural.",
+        "Diameters of the main mediastinal vascular structures are normal.",
+        "The ascending aorta and the main pulmonary artery have normal widths.",
+        "Mediastinal main vascular structures have normal calibre.",
+    ))
+    if w.chance(0.3):
+        out.append(w.pick(
+            "Since the examination was performed without contrast, mediastinal structures are evaluated suboptimally.",
+            "Evaluation of the mediastinum is limited in this non-contrast study.",
+            "Mediastinal vascular structures cannot be assessed optimally without intravenous contrast.",
+        ))
+    return w.shuffle(out[:2]) + out[2:]
+
+
+def _medical_material(w: _Writer, items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        if item == "pacemaker":
+            out.append(w.pick(
+                "A cardiac pacemaker is present in the anterior chest wall, with leads extending through the superior "
+                "vena cava into the right atrium and right ventricle.",
+                "Pacemaker generator in the left infraclavicular subcutaneous tissue; its electrodes reach the right "
+                "heart chambers.",
+                "There is a pacemaker device on the anterior chest wall with lead wires terminating in the right "
+                "ventricle.",
+            ))
+        elif item == "sternal wires":
+            out.append(w.pick(
+                "Sternotomy wires are present, consistent with previous cardiac surgery.",
+                "Postoperative suture materials (wires) are seen in the sternum.",
+                "Metallic sternal sutures from a median sternotomy are noted.",
+                "Surgical suture materials are present in the sternum after sternotomy.",
+            ))
+        elif item == "port catheter":
+            out.append(w.pick(
+                "A port catheter is present in the right anterior chest wall, its tip in the superior vena cava.",
+                "There is a central venous port catheter extending to the superior vena cava-right atrium junction.",
+                "A catheter is seen extending from the subclavian vein to the distal superior vena cava, with its "
+                "reservoir in the chest wall.",
+            ))
+        elif item == "surgical clips":
+            out.append(w.pick(
+                "Metallic surgical clips are present in the mediastinum.",
+                "Surgical clip materials are noted, compatible with previous surgery.",
+                "There are postoperative metallic clips and suture materials.",
+            ))
+        elif item == "stent":
+            out.append(w.pick(
+                "A stent is present in the left anterior descending coronary artery.",
+                "Coronary stent material is seen in the LAD.",
+                "Stent material is observed in the proximal LAD.",
+            ))
+        elif item == "valve prosthesis":
+            out.append(w.pick(
+                "A prosthetic heart valve is present.",
+                "Valve prosthesis material is seen in the heart, consistent with valve replacement.",
+                "There is a prosthetic valve at the aortic position.",
+            ))
+    return out
+
+
+def _lymph_nodes(w: _Writer, pos: set, d: dict) -> list[str]:
+    if "Lymphadenopathy" in pos:
+        nodes = d["Lymphadenopathy"]["nodes"]
+        big = nodes[0]
+        stations = [n["station"] for n in nodes]
+        where = stations[0] if len(stations) == 1 else ", ".join(stations[:-1]) + " and " + stations[-1]
+        first = w.pick(
+            f"Enlarged lymph nodes are present in the {where} region{'s' if len(nodes) > 1 else ''}; the largest, "
+            "in the "
+            f"{big['station']} area, measures {big['short_axis_mm']} mm in short axis.",
+            f"There {'are lymphadenopathies' if len(nodes) > 1 else 'is a lymphadenopathy'} in the {where} "
+            f"localization, the largest measuring {big['short_axis_mm']}x{big['long_axis_mm']} mm.",
+            f"Mediastinal lymphadenopathy: a lymph node with a short axis of {big['short_axis_mm']} mm in the "
+            f"{big['station']} area" + (f", and other enlarged nodes in the {where} regions." if len(nodes) > 1
+                                        else "."),
+            f"Pathologically enlarged lymph nodes are seen in the {where} station"
+            f"{'s' if len(nodes) > 1 else ''} (largest short diameter {big['short_axis_mm']} mm).",
+        )
+        out = [first]
+        if w.chance(0.3):
+            out.append(w.pick("A few millimetric lymph nodes are also present in the mediastinum.",
+                              "Other mediastinal lymph nodes are millimetric."))
+        return out
+    small = d["_normal"].get("small_nodes", [])
+    if small and w.chance(0.5):
+        n = small[0]
+        return [w.pick(
+            f"A {n['short_axis_mm']} mm lymph node in the {n['station']} area does not reach pathological size.",
+            f"Millimetric lymph nodes are seen in the {n['station']} region, below pathological size.",
+        )]
+    return [w.pick(
+        "No enlarged lymph nodes are seen in the prevascular, paratracheal, subcarinal or hilar regions.",
+        "There is no mediastinal or hilar lymph node of pathological size.",
+        "No pathologically enlarged mediastinal, hilar or axillary lymph nodes are present.",
+        "Lymph nodes of pathological size and appearance are not observed in the mediastinum or hila.",
+        "No lymphadenopathy is detected in the mediastinum.",
+    )]
+
+
+def _esophagus(w: _Writer, pos: set, d: dict) -> list[str]:
+    if "Hiatal hernia" in pos:
+        size = d["Hiatal hernia"]["size_mm"]
+        return [w.pick(
+            "A sliding type hiatal hernia is present at the lower end of the esophagus.",
+            f"There is a sliding hiatal hernia measuring about {size} mm at the distal esophagus.",
+            "Hiatal hernia of the sliding type is observed at the esophagogastric junction.",
+            f"A hiatal hernia containing air and fluid, about {size} mm, is seen behind the heart.",
+        )]
+    return [w.pick(
+        "The thoracic esophagus has a normal calibre without significant wall thickening.",
+        "Esophageal calibration is normal and no wall thickening is present.",
+        "No pathological wall thickness increase is seen in the esophagus.",
+        "The esophagus is unremarkable within the sections.",
+    )]
+
+
+def _nodule_sentence(w: _Writer, nodules: list[dict]) -> list[str]:
+    big = nodules[0]
+    kind = {"solid": "solid", "calcified": "calcified", "ground-glass": "ground-glass",
+            "part-solid": "part-solid"}[big["kind"]]
+    mm = f"{big['diameter_mm']:g}"
+    if len(nodules) == 1:
+        return [w.pick(
+            f"A {mm} mm {kind} nodule is present in {w.lobe(big['lobe'], True)}.",
+            f"There is a {kind} nodule with a diameter of {mm} mm in {w.lobe(big['lobe'], True)}.",
+            f"In {w.lobe(big['lobe'], True)}, a nonspecific {kind} nodule measuring {mm} mm is observed.",
+            f"A {'millimetric' if big['diameter_mm'] < 10 else ''} nonspecific nodule, {mm} mm in diameter, is seen "
+            f"in {w.lobe(big['lobe'], True)}.".replace("  ", " "),
+        )]
+    lobes = sorted({n["lobe"] for n in nodules})
+    both = len({lobe.split()[0] for lobe in lobes}) == 2
+    where = "both lungs" if both else f"the {lobes[0].split()[0]} lung"
+    few = "a few" if len(nodules) <= 3 else "several"
+    return [w.pick(
+        f"There are {few} nonspecific nodules in {where}, the largest {mm} mm in diameter in "
+        f"{w.lobe(big['lobe'], True)}.",
+        f"{few.capitalize()} millimetric nodules are observed in {where}; the largest measures {mm} mm "
+        f"({w.lobe(big['lobe'])}).",
+        f"Multiple {kind} nodules are seen in {where}, the largest of which is {mm} mm in {w.lobe(big['lobe'])}.",
+        f"Nodules are present in {where}, measuring up to {mm} mm in diameter.",
+    )]
+
+
+def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
+    out = []
+    if "Emphysema" in pos:
+        e = d["Emphysema"]
+        sev = e["severity"]
+        kind = {"centrilobular": "centrilobular", "paraseptal": "paraseptal", "panlobular": "panlobular",
+                "mixed": "centrilobular and paraseptal"}[e["type"]]
+        out.append(w.pick(
+            f"{sev.capitalize()} {kind} emphysematous changes are present, more prominent in the {e['zones']}.",
+            f"Emphysematous changes are seen in both lungs, predominantly in the {e['zones']}.",
+            f"There are {kind} emphysema areas in the {e['zones']} of both lungs.",
+            f"{sev.capitalize()} emphysema of {kind} type is noted in both lungs.",
+            "Both lungs show emphysematous changes" + (" with subpleural bullae." if "paraseptal" in kind else "."),
+        ))
+    if "Lung nodule" in pos:
+        out.extend(_nodule_sentence(w, d["Lung nodule"]["nodules"]))
+    if "Lung opacity" in pos:
+        o = d["Lung opacity"]
+        where = w.lobes(o["lobes"])
+        out.append(w.pick(
+            f"Ground-glass opacities are present in {where}.",
+            f"Patchy ground-glass density increases are observed in {where}.",
+            f"There are areas of ground glass density in {where}, more prominent peripherally.",
+            f"Density increases in the form of ground glass are seen in {where}; an infectious process may be "
+            "considered.",
+            f"In {where}, peripheral ground-glass areas are noted.",
+        ))
+    if "Consolidation" in pos:
+        c = d["Consolidation"]
+        where = w.lobes(c["lobes"])
+        out.append(w.pick(
+            f"Consolidation with air bronchograms is present in {where}.",
+            f"There is an area of consolidation containing air bronchograms in {where}.",
+            f"Consolidative density increase is observed in {where}, compatible with pneumonic infiltration.",
+            f"Consolidation areas are seen in {where}.",
+        ))
+    if "Atelectasis" in pos:
+        a = d["Atelectasis"]
+        if "linear" in a["kinds"]:
+            out.append(w.pick(
+                f"Linear atelectasis is present in {w.lobes(a.get('linear_lobes', []))}.",
+                f"There are subsegmental linear atelectatic changes in {w.lobes(a.get('linear_lobes', []))}.",
+                f"Plate-like atelectasis is seen in {w.lobes(a.get('linear_lobes', []))}.",
+            ))
+        if "subsegmental" in a["kinds"]:
+            side = a["dependent_sides"]
+            where = "both lungs" if len(side) == 2 else f"the {side[0]} lung"
+            out.append(w.pick(
+                f"Subsegmental atelectasis is present in the dependent posterobasal parts of {where}.",
+                f"Position-dependent atelectatic changes are seen in the posterior basal segments of {where}.",
+                f"There is dependent subsegmental atelectasis at the bases of {where}.",
+            ))
+        if "passive" in a["kinds"]:
+            out.append(w.pick(
+                "Passive atelectasis is seen in the lung parenchyma adjacent to the pleural effusion.",
+                "Compressive atelectasis is present next to the effusion.",
+            ))
+    if "Pulmonary fibrotic sequela" in pos:
+        f = d["Pulmonary fibrotic sequela"]
+        if f["apical"]:
+            out.append(w.pick(
+                "Pleuroparenchymal sequelae changes are seen at the apices of both lungs.",
+                "Apical pleuroparenchymal thickening and sequelae densities are present in both lungs.",
+                "Sequelae fibrotic changes are observed in the apical segments of both upper lobes.",
+            ))
+        where = w.lobes(sorted(set(f["band_lobes"]), key=["right upper", "right middle", "right lower",
+                                                         "left upper", "left lower"].index))
+        out.append(w.pick(
+            f"Fibrotic parenchymal bands are present in {where}, consistent with sequelae.",
+            f"There are sequelae fibrotic bands and linear densities in {where}.",
+            f"Parenchymal bands are observed in {where}.",
+            f"Fibrotic sequelae changes are seen in {where}.",
+        ))
+    if "Mosaic attenuation pattern" in pos:
+        m = d["Mosaic attenuation pattern"]
+        where = "both lungs" if m["extent"] == "both lungs" else "the lower lobes of both lungs"
+        out.append(w.pick(
+            f"A mosaic attenuation pattern is present in {where} (small airway disease? small vessel disease?).",
+            f"Mosaic attenuation is observed in {where}; small airway or small vessel disease may be considered.",
+            f"There is a mosaic attenuation pattern in {where}.",
+        ))
+    if "Interlobular septal thickening" in pos:
+        s = d["Interlobular septal thickening"]
+        where = "both lungs" if s["zones"] == "both lungs" else "the lower lobes of both lungs"
+        out.append(w.pick(
+            f"Interlobular septal thickening is present in the subpleural areas of {where}.",
+            f"There are interlobular septal thickenings in {where}.",
+            f"Thickening of the interlobular septa is observed in the periphery of {where}.",
+        ))
+    if "Bronchiectasis" in pos:
+        b = d["Bronchiectasis"]
+        kind = b["type"]
+        out.append(w.pick(
+            f"{kind.capitalize()} bronchiectasis is present in {w.lobes(b['lobes'])}.",
+            f"There are bronchiectatic changes in {w.lobes(b['lobes'])}.",
+            f"Bronchiectasis is observed in {w.lobes(b['lobes'])}, with bronchi up to {b['diameter_mm']} mm wide.",
+            f"Dilated bronchi ({kind} bronchiectasis) are seen in {w.lobes(b['lobes'])}.",
+        ))
+    if "Peribronchial thickening" in pos:
+        out.append(w.pick(
+            "Peribronchial thickening is present in both lungs.",
+            "There are peribronchial thickenings, more prominent in the lower lobes.",
+            "Bronchial walls are thickened (peribronchial thickening).",
+            "Peribronchial wall thickening is observed bilaterally.",
+        ))
+    lung_findings = {"Emphysema", "Lung nodule", "Lung opacity", "Consolidation", "Atelectasis",
+                     "Pulmonary fibrotic sequela", "Mosaic attenuation pattern", "Interlobular septal thickening",
+                     "Bronchiectasis", "Peribronchial thickening"}
+    if not pos & lung_findings:
+        out.append(w.pick(
+            "Aeration of both lungs is normal and no nodular or infiltrative lesion is seen.",
+            "No mass, nodule or infiltrative lesion is present in either lung.",
+            "Both lung parenchymas are normally aerated without nodular or infiltrative lesions.",
+            "The lung parenchyma is clear; no nodule, consolidation or ground-glass opacity is seen.",
+        ))
+    else:
+        out = w.shuffle(out)
+        if "Lung nodule" not in pos and w.chance(0.5):
+            out.append(w.pick("No pulmonary nodule is detected.", "No nodular lesion is seen in either lung."))
+        if not pos & {"Lung opacity", "Consolidation"} and w.chance(0.4):
+            out.append(w.pick("There is no consolidation or infiltration.", "No active infiltration is present."))
+    intro = w.pick("On lung window evaluation:", "In the evaluation of the lung parenchyma;",
+                   "Lung parenchyma window:", "")
+    return ([intro] if intro else []) + out
+
+
+def _pleura(w: _Writer, pos: set, d: dict) -> list[str]:
+    if "Pleural effusion" in pos:
+        e = d["Pleural effusion"]
+        sides, depth = e["sides"], e["depth_mm"]
+        if len(sides) == 2:
+            r, l_ = depth["right"], depth["left"]
+            amount = "minimal" if max(r, l_) < 15 else "bilateral"
+            return [w.pick(
+                f"Bilateral pleural effusion is present, {r} mm on the right and {l_} mm on the left at the thickest "
+                "part.",
+                f"There is {amount} pleural effusion in both hemithoraces, reaching {max(r, l_)} mm in thickness.",
+                f"Pleural effusion measuring {r} mm on the right and {l_} mm on the left is observed.",
+            )]
+        s, t = sides[0], depth[sides[0]]
+        amount = "Minimal" if t < 15 else ("Moderate" if t < 40 else "Large")
+        return [w.pick(
+            f"{amount} pleural effusion is present in the {s} hemithorax, {t} mm thick at its thickest point.",
+            f"There is a {s} pleural effusion measuring {t} mm in thickness.",
+            f"{amount} {s}-sided pleural effusion reaching {t} mm is seen.",
+            f"Pleural effusion in the {s} hemithorax, with a depth of {t} mm.",
+        )]
+    return [w.pick(
+        "No pleural effusion or pleural thickening is seen.",
+        "There is no pleural effusion or thickening in either hemithorax.",
+        "Pleural effusion-thickening is not observed.",
+        "Both pleural spaces are free of effusion.",
+        "No pleural fluid is present.",
+    )]
+
+
+def _abdomen(w: _Writer, details: dict) -> list[str]:
+    out = [w.pick(
+        "Upper abdominal organs included in the sections are unremarkable.",
+        "The visualised parts of the liver, spleen and adrenal glands are normal.",
+        "No space-occupying lesion is seen in the liver within the sections.",
+        "Both adrenal glands are of normal size and shape.",
+        "Upper abdominal sections show no significant pathology.",
+    )]
+    if w.chance(0.25):
+        out.append(w.pick(
+            "Liver density is decreased, consistent with hepatosteatosis.",
+            "A few millimetric hypodense lesions in the liver are too small to characterise (cysts?).",
+            "A calculus is seen in the gallbladder.",
+            "A small cortical cyst is noted in the upper pole of the left kidney.",
+        ))
+    return out
+
+
+def _bones(w: _Writer, age: int) -> list[str]:
+    out = [w.pick(
+        "Bone structures within the study area are normal.",
+        "No lytic or destructive bone lesion is seen.",
+        "Vertebral body heights are preserved.",
+        "Bony structures in the sections appear natural.",
+    )]
+    if age > 55 and w.chance(0.6):
+        out.append(w.pick(
+            "Degenerative changes with osteophytes are seen in the thoracic vertebrae.",
+            "There are spondylotic changes in the thoracic spine.",
+            "Degenerative osteophytes are present at the vertebral corners.",
+        ))
+    return out
+
+
+def _impression(w: _Writer, pos: set, d: dict) -> str:
+    items = []
+    if "Lung opacity" in pos and "Consolidation" in pos:
+        items.append(w.pick("Consolidation and ground-glass opacities, compatible with pneumonia.",
+                            "Ground-glass areas and consolidation (infection?); clinical and laboratory correlation "
+                            "is recommended."))
+    elif "Consolidation" in pos:
+        items.append(w.pick("Consolidation with air bronchograms (pneumonia?).", "Pneumonic consolidation."))
+    elif "Lung opacity" in pos:
+        items.append(w.pick("Ground-glass opacities; correlation with clinical and laboratory findings is recommended.",
+                            "Ground-glass density increases (viral infection?)."))
+    phrase = {
+        "Pleural effusion": lambda: ("Bilateral pleural effusion." if len(d["Pleural effusion"]["sides"]) == 2
+                                     else f"{d['Pleural effusion']['sides'][0].capitalize()} pleural effusion."),
+        "Cardiomegaly": lambda: w.pick("Cardiomegaly.", "Increased heart size."),
+        "Pericardial effusion": lambda: w.pick("Pericardial effusion.", "Minimal pericardial effusion."
+                                               if d["Pericardial effusion"]["thickness_mm"] < 8 else
+                                               "Pericardial effusion."),
+        "Lymphadenopathy": lambda: w.pick("Mediastinal lymphadenopathy.", "Enlarged mediastinal lymph nodes."),
+        "Lung nodule": lambda: w.pick("Nonspecific pulmonary nodule(s); follow-up is recommended.",
+                                      "Millimetric nodules in the lung." if d["Lung nodule"]["nodules"][0]
+                                      ["diameter_mm"] < 10 else "Pulmonary nodule."),
+        "Emphysema": lambda: w.pick("Emphysema.", "Emphysematous changes in both lungs."),
+        "Atelectasis": lambda: w.pick("Atelectasis.", "Atelectatic changes."),
+        "Pulmonary fibrotic sequela": lambda: w.pick("Fibrotic sequelae changes.", "Pleuroparenchymal sequelae."),
+        "Mosaic attenuation pattern": lambda: "Mosaic attenuation pattern.",
+        "Interlobular septal thickening": lambda: "Interlobular septal thickening.",
+        "Bronchiectasis": lambda: w.pick("Bronchiectasis.", "Bronchiectatic changes."),
+        "Peribronchial thickening": lambda: "Peribronchial thickening.",
+        "Hiatal hernia": lambda: w.pick("Hiatal hernia.", "Sliding type hiatal hernia."),
+        "Arterial wall calcification": lambda: ("Atherosclerotic changes in the aorta and coronary arteries."
+                                                if "Coronary artery wall calcification" in pos else
+                                                "Aortic atherosclerosis."),
+        "Coronary artery wall calcification": lambda: ("" if "Arterial wall calcification" in pos else
+                                                       "Coronary artery calcification."),
+        "Medical material": lambda: w.pick("Postoperative and device-related changes.",
+                                           "Medical devices as described."),
+    }
+    for name in CT_RATE_FINDINGS:
+        if name in pos and name in phrase:
+            items.append(phrase[name]())
+    items = [i for i in items if i]
+    if not items:
+        return w.pick("Thoracic CT within normal limits.", "No significant pathology is seen in the thorax.",
+                      "Normal chest CT.", "No acute cardiopulmonary pathology.")
+    return _join(items)
+
+
+CLINICAL = {
+    "infection": ("Fever and cough.", "Cough, fever, elevated CRP.", "Shortness of breath and fever.",
+                  "Suspected pneumonia.", "COVID-19 suspicion."),
+    "nodule": ("Follow-up of a pulmonary nodule.", "Nodule seen on a previous examination.", "Lung nodule follow-up."),
+    "cardiac": ("Dyspnoea.", "Shortness of breath, known heart failure.", "Chest pain."),
+    "other": ("Cough.", "Chest pain.", "Malignancy staging.", "Shortness of breath.", "Chronic cough.",
+              "Preoperative evaluation.", "Trauma."),
+}
+
+
+def _clinical(w: _Writer, pos: set) -> str:
+    if w.chance(0.35):
+        return NOT_GIVEN
+    if pos & {"Consolidation", "Lung opacity"} and w.chance(0.6):
+        return w.pick(*CLINICAL["infection"])
+    if "Lung nodule" in pos and w.chance(0.4):
+        return w.pick(*CLINICAL["nodule"])
+    if pos & {"Cardiomegaly", "Pleural effusion", "Pericardial effusion"} and w.chance(0.5):
+        return w.pick(*CLINICAL["cardiac"])
+    return w.pick(*CLINICAL["other"])
+
+
+def _technique(w: _Writer) -> str:
+    if w.chance(0.05):
+        return NOT_GIVEN
+    return w.pick(
+        "Non-contrast thorax CT was obtained in the axial plane from the lung apices to the upper abdomen; "
+        "coronal and sagittal reformats were reviewed.",
+        "Axial non-contrast chest CT images with 1.5 mm slice thickness; lung and mediastinal windows were evaluated.",
+        "Helical chest CT without intravenous contrast, reconstructed with soft tissue and lung kernels.",
+        "Unenhanced thoracic CT in the supine position with multiplanar reconstructions.",
+    )
+
+
+def make_report(rng: np.random.Generator, labels, details: dict, patient) -> dict[str, str]:
+    """A CT-RATE-style report for a study.
+
+    Args:
+        rng: the report's own generator (wording only).
+        labels: ``(18,)`` 0/1 in canonical order. details: from :func:`x2ctclip.train.synthetic_findings.plan_findings`.
+        patient: a :class:`x2ctclip.train.synthetic_anatomy.Patient` (age drives degenerative changes).
+
+    Returns:
+        ``{"ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"}``.
+    """
+    w = _Writer(rng)
+    pos = {name for name, v in zip(CT_RATE_FINDINGS, labels) if v}
+    sections = [
+        _trachea(w),
+        _mediastinum(w, pos, details),
+        _lymph_nodes(w, pos, details),
+        _esophagus(w, pos, details),
+        _lungs(w, pos, details),
+        _pleura(w, pos, details),
+        _abdomen(w, details),
+        _bones(w, patient.age),
+    ]
+    # Trachea, mediastinum, nodes and oesophagus may trade places, as in real reports; lungs come after them.
+    head = w.shuffle(sections[:4]) if w.chance(0.3) else sections[:4]
+    findings_text = _join(s for sec in head + sections[4:] for s in sec)
+    return {
+        "ClinicalInformation_EN": _clinical(w, pos),
+        "Technique_EN": _technique(w),
+        "Findings_EN": findings_text,
+        "Impressions_EN": _impression(w, pos, details),
+    }
