@@ -61,15 +61,7 @@ def test_trains_only_the_cxr_tower_and_saves_a_loadable_model(inputs, tmp_path, 
     assert json.loads((tmp_path / "run" / "train_result.json").read_text())["global_step"] == 4
 
 
-def test_cxr_tower_changes_and_loss_falls(inputs, tmp_path):
-    result = train_x2ct(x2ct_config(inputs, tmp_path / "run", max_steps=12, logging_steps=3))
-    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
-    assert losses[-1] < losses[0], losses
-    assert result.global_step == 12
-
-
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(inputs, tmp_path):
     a = _weights_after(inputs, tmp_path / "a", seed=5)
     b = _weights_after(inputs, tmp_path / "b", seed=5)

@@ -309,6 +309,20 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, tota
     return get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
 
 
+def _cpu_only() -> bool:
+    """True without an accelerator. Accelerate must be told: on CPU it recognises a torchrun launch (and sets up
+    gloo data parallelism) only in its ``cpu=True`` mode."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        return True
+    if torch.cuda.is_available():
+        return False
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return not (mps is not None and mps.is_available())
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -357,7 +371,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
-        return Accelerator(mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers)
+        return Accelerator(mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers, cpu=_cpu_only())
 
     def _check_precision(self) -> None:
         if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -415,7 +429,7 @@ class Trainer:
 
         config = self.config
         self._check_precision()
-        state = PartialState()
+        state = PartialState(cpu=_cpu_only())
         world, rank = state.num_processes, state.process_index
         if state.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
