@@ -20,6 +20,7 @@ from .tokenization import (
 # CT volumes: loading in CT-RATE's orientation, CT-CLIP preprocessing, CT-to-CXR simulation.
 from .volume_io import CANONICAL_AXCODES, CT_RATE_NIFTI_AXCODES, CTVolume, check_hu, ct_rate_affine, load_ct
 from .image_processing_volume import X2CTCLIPVolumeProcessor
+from .simulation import CXR_ORIENTATION, LATERAL_ORIENTATION, simulate_cxr, simulate_cxr_batch
 
 # The combined processor (chest X-rays + CT volumes + report text).
 from .processing_x2ctclip import X2CTCLIPProcessor
