@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("x2ctclip.train.cmd_push", "validate a model folder and upload it to the Hugging Face Hub"),
     "preprocess": ("x2ctclip.train.cmd_data", "convert a CT-RATE layout into fixed-size Arrow shards (CT + simulated CXR)"),
     "cache-embeddings": ("x2ctclip.train.cmd_data", "cache the frozen CT and report latents of preprocessed data"),
+    "make-synthetic": ("x2ctclip.train.cmd_make_synthetic", "write synthetic chest CT studies in the CT-RATE layout"),
 }
 
 
