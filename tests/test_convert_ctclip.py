@@ -242,6 +242,8 @@ def test_cli_converts_with_tokenizer(reference, tmp_path, capsys):
     tokenizer = BertTokenizer.from_pretrained(out)
     assert tokenizer("w3 w7")["input_ids"] == [2, 8, 12, 3]
     assert AutoModel.from_pretrained(out).config.towers == ["ct", "text"]
+    card = (out / "README.md").read_text()
+    assert "cc-by-nc-sa-4.0" in card and "CT-CLIP" in card
 
 
 def test_cli_without_tokenizer_says_how_to_add_it(reference, tmp_path, capsys):

@@ -29,15 +29,18 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
         help=f"folder holding the report tower's BERT tokenizer ({CXR_BERT}), saved into OUT_DIR",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    parser.add_argument("--sha256", action="store_true", help="record the checkpoint's SHA-256 on the model card")
 
 
 def run(args: argparse.Namespace) -> int:
     from x2ctclip.convert_ctclip import convert_ctclip_checkpoint
+    from x2ctclip.train.hub import write_ctclip_model_card
 
     out = convert_ctclip_checkpoint(
         args.checkpoint, args.out_dir, config_path=args.config, tokenizer_dir=args.tokenizer, overwrite=args.overwrite
     )
-    print(f"Wrote the converted CT-CLIP model (towers: ct, text) to {out}")
+    card = write_ctclip_model_card(out, source_checkpoint=args.checkpoint, compute_sha256=args.sha256)
+    print(f"Wrote the converted CT-CLIP model (towers: ct, text) to {out}, with its model card {card}")
     if args.tokenizer is None:
         print(
             f"No tokenizer was given. The report tower needs CXR-BERT's tokenizer ({CXR_BERT}), which cannot be "
