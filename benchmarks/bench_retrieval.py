@@ -16,7 +16,6 @@ import argparse
 import resource
 import time
 
-import numpy as np
 import torch
 
 from x2ctclip.train.retrieval import naive_retrieval_metrics, retrieval_metrics

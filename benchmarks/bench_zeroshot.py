@@ -94,8 +94,10 @@ def main() -> None:
     n_text_calls = args.n_images * len(findings)
     print(f"cached prompts : {t_cached:.2f} s end to end (separately: one pass over the {n_prompts} prompts "
           f"{t_prompts:.3f} s, the {args.n_images} image forwards {t_images:.2f} s)")
-    print(f"per-label      : {t_baseline:.2f} s end to end ({n_text_calls} text forwards of {2 * len(templates)} prompts "
-          "+ the same image forwards)")
+    print(
+        f"per-label      : {t_baseline:.2f} s end to end ({n_text_calls} text forwards of "
+        f"{2 * len(templates)} prompts + the same image forwards)"
+    )
     print(f"ratio          : {t_baseline / t_cached:.1f}x faster end to end with cached prompts; "
           f"max |probability difference| {diff:.1e}")
 

@@ -42,6 +42,7 @@ __all__ = [
     "f1_score",
     "jsonable",
     "load_metric",
+    "local_metric_path",
     "precision_recall_f1",
     "roc_auc",
     "roc_auc_per_finding",
