@@ -29,6 +29,11 @@ def _register() -> None:
 
 _register()
 
+# The processors register themselves with AutoImageProcessor / AutoProcessor on import; importing them here makes
+# `transformers.pipeline(..., model=folder)` work after a plain `import x2ctclip`. (The remote-code modeling files
+# never import them: this package file is not shipped.)
+from . import processors  # noqa: E402,F401
+
 __all__ = [
     "CT_RATE_FINDINGS",
     "DEFAULT_PROMPT_TEMPLATES",
