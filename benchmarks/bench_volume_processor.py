@@ -9,7 +9,9 @@ slope/intercept passed separately as from CT-RATE's metadata CSV).
 Printed: wall time of both in this process (alternating, best of ``--repeats``), their outputs' largest difference,
 peak RSS of each in a fresh subprocess (Linux ``VmHWM``, so imports are included; the RSS before the run is
 printed too), the ratio, a per-step breakdown of both (gzip decode, float conversion, resampling, ...), and
-MONAI's ``Spacing`` on the same volume for comparison with the torch resampling step.
+the MONAI transforms that could do the processor's steps (``Spacing``, ``ScaleIntensityRange``,
+``CenterSpatialCrop``/``SpatialPad``, and the import of ``monai.transforms``), measured for the choice the
+processor's docstring explains.
 
 Usage: ``python benchmarks/bench_volume_processor.py [--repeats 3] [--slices 300] [--no-monai]``
 """
@@ -223,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--no-monai", action="store_true", help="skip MONAI Spacing (slow)")
+    parser.add_argument("--no-monai", action="store_true", help="skip the MONAI alternatives (Spacing is slow)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--spacing", type=float, nargs=3, help=argparse.SUPPRESS)
@@ -294,11 +296,36 @@ def main() -> None:
             print(f"  {k:62s} {v:6.2f} s")
 
         if not args.no_monai:
-            r = in_subprocess("monai_spacing", path, spacing_zyx)
-            print(f"\nMONAI Spacing((1.5, 0.75, 0.75), bilinear) on the float32 HU volume alone: {r['wall_s']:.2f} s, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB (before {r['rss_before_mb']:.0f} MiB); compare the "
-                  "processor's trilinear step above")
+            monai_alternatives(path, spacing_zyx)
 
+
+def monai_alternatives(path: Path, spacing_zyx) -> None:
+    """The MONAI transforms that could replace steps of the chain, measured on the same volume."""
+    print("\nMONAI alternatives (measured, not used by the processor):")
+    code = "import time; t = time.perf_counter(); import monai.transforms; print(time.perf_counter() - t)"
+    base = "import x2ctclip.processors"  # torch, transformers, nibabel already loaded, as in a real session
+    res = subprocess.run([sys.executable, "-c", f"{base}; {code}"], capture_output=True, text=True, check=True)
+    print(f"  import monai.transforms (after x2ctclip.processors)            {float(res.stdout.split()[-1]):6.2f} s")
+    r = in_subprocess("monai_spacing", path, spacing_zyx)
+    print(f"  Spacing((1.5, 0.75, 0.75), bilinear) on the float32 HU volume  {r['wall_s']:6.2f} s, peak RSS "
+          f"{r['peak_rss_mb']:.0f} MiB (before {r['rss_before_mb']:.0f} MiB)")
+    from monai.transforms import CenterSpatialCrop, ScaleIntensityRange, SpatialPad
+
+    grid = torch.randn(1, 200, 477, 477) * 800  # the resampled grid of this phantom
+    for name, fn in (
+        ("ScaleIntensityRange(-1000, 1000 -> -1, 1, clip)", lambda g: ScaleIntensityRange(-1000, 1000, -1, 1, clip=True)(g)),
+        ("in-place clamp_ + div_ (processor)", lambda g: g.clone().clamp_(-1000, 1000).div_(1000)),
+        ("CenterSpatialCrop + SpatialPad(symmetric, -1)", lambda g: SpatialPad((240, 480, 480), value=-1)(
+            CenterSpatialCrop((240, 480, 480))(g))),
+        ("slicing + F.pad (processor)", lambda g: F.pad(g[:, :, :, :], (1, 2, 1, 2, 20, 20), value=-1)),
+    ):
+        fn(grid)  # warm-up
+        t = time.perf_counter()
+        fn(grid)
+        print(f"  {name:62s} {time.perf_counter() - t:6.2f} s")
+    line = torch.arange(10.0)[None, :, None, None]
+    monai_start = int(CenterSpatialCrop((3, 1, 1))(line).as_tensor()[0, 0, 0, 0])
+    print(f"  centre crop of 10 -> 3 voxels starts at index {monai_start} with MONAI, {(10 - 3) // 2} in CT-CLIP")
 
 if __name__ == "__main__":
     main()

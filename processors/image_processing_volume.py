@@ -54,11 +54,6 @@ def resample_trilinear(
     return out[0, 0] if squeeze else out
 
 
-def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """A plain ``torch.Tensor`` view of MONAI's ``MetaTensor`` outputs (no copy)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
 def _as_tuple(value: Any, n: int, name: str, kind=float) -> tuple:
     values = tuple(kind(v) for v in (value if isinstance(value, (list, tuple)) else [value] * n))
     if len(values) != n:
@@ -141,7 +136,10 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
             volumes: one input or a list of inputs: a ``.nii``/``.nii.gz`` path, a DICOM series folder, a
                 :class:`CTVolume`, or a 3-D array/tensor of HU; a 4-D array/tensor is a batch of such arrays.
             spacing: voxel spacing in mm for array inputs (in the array's axis order), one ``(3,)`` for all or one
-                per volume; for files it overrides the header (canonical ``(z, y, x)`` order).
+                per volume; for files it overrides the header (canonical ``(z, y, x)`` order). CT-CLIP took
+                spacings from CT-RATE's metadata CSV (float64) while NIfTI headers hold float32: where
+                ``n * spacing / target`` is within rounding of an integer the resampled size ``int(...)`` can
+                differ by one voxel, so pass the CSV spacings to reproduce CT-CLIP's grid in every case.
             affine: 4 x 4 voxel -> RAS+ mm matrix of array inputs (one, or one per volume); for files it replaces
                 the header's affine. Without it arrays are taken as canonical ``(z, y, x)`` = superior, posterior,
                 patient-left (see :mod:`.volume_io`) unless ``orientation`` gives their nibabel axis codes.
@@ -209,10 +207,12 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
     def process_volume(self, volume: CTVolume, device: str | torch.device | None = None) -> torch.Tensor:
         """The whole chain for a canonical :class:`CTVolume` -> ``(D, H, W)`` float32 ``ct_values``.
 
-        Each step's cost on a 512 x 512 x 300 CT is printed by ``benchmarks/bench_volume_processor.py``.
+        Each step's cost on a 512 x 512 x 300 CT is printed by ``benchmarks/bench_volume_processor.py``, with the
+        MONAI transforms that could do the same steps; they were measured and not used: ``Spacing`` (over 10x
+        slower than the torch resampling and a 4 GB peak on that CT), ``ScaleIntensityRange`` (slower than the
+        in-place clip and divide), ``CenterSpatialCrop`` (its start is one voxel off CT-CLIP's when the crop size
+        is odd and the input size even), while importing ``monai.transforms`` alone takes seconds.
         """
-        from monai.transforms import SpatialCrop, SpatialPad  # MONAI array transforms (as fast as hand-written)
-
         # CT-CLIP's layout (z, x, y) is the (z, y, x) array with its in-plane axes swapped: a free view.
         spacing = (volume.spacing_mm[0], volume.spacing_mm[2], volume.spacing_mm[1])
         shape = (volume.shape[0], volume.shape[2], volume.shape[1])
@@ -235,25 +235,26 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
             x = x.to(device)
         if self.clip_before_resample:
             x.clamp_(lo, hi)
-        # 2. trilinear resampling straight into (z, x, y); MONAI Spacing is slower and heavier here (see benchmark)
+        # 2. trilinear resampling straight into (z, x, y), CT-CLIP's grid
         x = resample_trilinear(x.transpose(1, 2), spacing, self.target_spacing)
-        # 3. centre crop with CT-CLIP's start index (h - dh) // 2 (MONAI's centre differs by one for odd sizes)
+        # 3. centre crop, CT-CLIP's start index (n - t) // 2 (a view)
         starts = [max((n - t) // 2, 0) for n, t in zip(x.shape, self.target_shape)]
-        x = SpatialCrop(roi_slices=[slice(s, s + t) for s, t in zip(starts, self.target_shape)])(x[None])
-        x = _plain_tensor(x)[0]  # drop MONAI's MetaTensor wrapper and the channel axis
-        # 4. stored units -> HU -> clip -> / hu_scale, in place (MONAI ScaleIntensityRange: ~6x slower, same numbers);
-        #    dividing last keeps the window's ends exact (-1000 / 1000 = -1.0)
-        x = x.contiguous()
+        x = x[tuple(slice(s, s + t) for s, t in zip(starts, self.target_shape))].contiguous()
+        # 4. stored units -> HU -> clip -> / hu_scale, in place on the (smaller) resampled grid; dividing last keeps
+        #    the window's ends exact (-1000 / 1000 = -1.0)
         if volume.slope != 1.0:
             x.mul_(volume.slope)
         if volume.intercept != 0.0:
             x.add_(volume.intercept)
         x.clamp_(self.hu_min, self.hu_max).div_(self.hu_scale)
-        # 5. symmetric pad: before = (t - n) // 2, as CT-CLIP (and MONAI's "symmetric")
+        # 5. pad with pad_value, (t - n) // 2 before and the rest after, as CT-CLIP
         if tuple(x.shape) != tuple(self.target_shape):
-            x = SpatialPad(self.target_shape, method="symmetric", value=self.pad_value)(x[None])
-            x = _plain_tensor(x)[0]
-        return x.contiguous()
+            pads = []
+            for n, t in zip(reversed(x.shape), reversed(self.target_shape)):  # F.pad lists the last axis first
+                before = (t - n) // 2
+                pads += [before, t - n - before]
+            x = F.pad(x, pads, value=self.pad_value)
+        return x
 
     # ---------------------------------------------------------------------------------------------------- helpers
     @staticmethod

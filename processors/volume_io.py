@@ -14,19 +14,25 @@ array axis  name                         index increases towards (patient coordi
 Equivalently: ``array.T`` (index order ``x, y, z``) has nibabel axis codes ``("L", "P", "S")`` -- the pixel grid
 of an axial DICOM series with ImageOrientationPatient ``[1, 0, 0, 0, 1, 0]``, slices sorted along the slice normal.
 
-Why this is the CT-RATE orientation: CT-RATE was exported from DICOM; each NIfTI stores the DICOM pixel grid as
-``(column, row, slice)`` (nibabel index order ``i, j, k``), and the header fix of the dataset (discussion #58 / PR #59
-of ibrahimhamamci/CT-RATE, "fix_metadata.py") wrote Spacing/Origin/Direction taken from each scan's
-ImagePositionPatient / ImageOrientationPatient onto that unchanged grid, so a fixed CT-RATE file has axis codes
-``("L", "P", "S")`` for ``(i, j, k)``. Third-party CT-RATE tools read the stored grid the same way (``i`` = DICOM
-column, ``j`` = DICOM row, ``k`` along the slice normal), and X2CT-CLIP projects along ``j`` to obtain a *frontal*
-view, which confirms that ``j`` is the anterior-posterior axis. A NIfTI file in CT-RATE's orientation is therefore
-read without any flip or permutation: ``array = data.T`` (a zero-copy C-contiguous view of nibabel's Fortran-ordered
-data).
+Why this is the CT-RATE orientation (facts, then the inference drawn from them):
+
+* CT-RATE was exported from DICOM; its first release had blank NIfTI headers (identity affine) and its metadata
+  CSV gives ImagePositionPatient, ImageOrientationPatient, spacings and rescale for each volume. The header fix
+  (ibrahimhamamci/CT-RATE discussion #58 and PR #59, ``fix_metadata.py``) added "Spacing, Origin, Direction, pixel
+  rescaling" from that metadata to the unchanged arrays, i.e. it describes the stored grid with the DICOM geometry.
+* CT-CLIP transposes the nibabel array ``(i, j, k)`` to ``(k, i, j)`` and calls it ``(z, x, y)``; X2CT-CLIP takes the
+  mean along ``j`` of the same array to obtain a *frontal* radiograph, so ``j`` is the anterior-posterior axis and
+  ``i`` left-right; it rotates ``k`` upwards to put the head up, so ``k`` runs towards the head. Third-party CT-RATE
+  converters likewise treat the stored axes as (DICOM column, DICOM row, slice along the normal).
+* Hence a CT-RATE file stores the DICOM pixel grid as ``(column, row, slice)``; for the standard axial
+  ImageOrientationPatient ``[1, 0, 0, 0, 1, 0]`` its axis codes are ``("L", "P", "S")`` (:data:`CT_RATE_NIFTI_AXCODES`),
+  and ``array = data.T`` is a zero-copy, C-contiguous view of nibabel's Fortran-ordered data: no flip, no permutation.
+  Left-right cannot be verified without CT-RATE images (a chest is nearly symmetric): this module trusts the header,
+  and a header-less file is read as ``LPS``.
 
 CT-CLIP's preprocessing transposes the nibabel array to ``(k, i, j)``, i.e. ``(z, x, y)`` in the table above; the
-volume processor (:mod:`.image_processing_volume`) resamples in this module's ``(z, y, x)`` layout (contiguous, so
-fast) and swaps the two in-plane axes of its (smaller) output to give exactly CT-CLIP's ``(z, x, y)`` layout.
+volume processor (:mod:`.image_processing_volume`) resamples the free transposed view ``array.transpose(0, 2, 1)``
+straight into that layout.
 
 Any other input is brought to the canonical orientation by the nearest axis permutation and flips of its affine
 (nibabel ``io_orientation``); oblique directions are not resampled (as in CT-CLIP). A DICOM series and its NIfTI

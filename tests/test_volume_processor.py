@@ -438,8 +438,8 @@ def test_fuzz_against_reference_on_ct_like_arrays(tmp_path_factory, shape, xy_sp
     img = nib.Nifti1Image(hu, np.diag([-spacing[0], -spacing[1], spacing[2], 1.0]))
     nib.save(img, str(path))
     processor = X2CTCLIPVolumeProcessor(target_shape=target, target_spacing=(1.5, 0.75, 0.75))
-    try:
-        got = processor(path)["ct_values"][0, 0]
+    try:  # spacing as CT-CLIP took it, from the metadata CSV in float64 (the header holds float32)
+        got = processor(path, spacing=(z_spacing, xy_spacing, xy_spacing))["ct_values"][0, 0]
     except ValueError:
         return
     assert got.shape == target
