@@ -126,6 +126,8 @@ def _ray_sums(stored: Array, dim: int, lo: float | None, hi: float | None) -> Ar
     if isinstance(stored, np.ndarray):
         return np.stack([_ray_sums_numpy(a, dim - 1, lo, hi) for a in stored])
     if stored.device.type == "cpu":
+        if stored.dtype in (torch.bfloat16, torch.float16):  # no numpy bfloat16; float16 sums lose precision
+            stored = stored.to(torch.float32)
         return torch.from_numpy(np.stack([_ray_sums_numpy(a, dim - 1, lo, hi) for a in stored.detach().numpy()]))
     stored = stored.to(torch.float32)
     if lo is not None or hi is not None:
@@ -255,7 +257,9 @@ def simulate_cxr_batch(
     if volumes_hu.dim() == 3:
         volumes_hu = volumes_hu[None]
     if volumes_hu.dim() != 4 or min(volumes_hu.shape[1:]) < 2:
-        raise ValueError(f"volumes_hu must be (B, Z, Y, X) with at least 2 voxels per axis, got {tuple(volumes_hu.shape)}.")
+        raise ValueError(
+            f"volumes_hu must be (B, Z, Y, X) with at least 2 voxels per axis, got {tuple(volumes_hu.shape)}."
+        )
     spacing = torch.as_tensor(spacing_mm, dtype=torch.float64).reshape(-1, 3)
     if spacing.shape[0] not in (1, volumes_hu.shape[0]) or not bool((spacing > 0).all()):
         raise ValueError(f"spacing_mm must be (3,) or (B, 3) positive mm, got {tuple(spacing.shape)}.")

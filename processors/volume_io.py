@@ -560,7 +560,9 @@ def volume_from_array(
         spacing = _check_spacing(spacing, source)
         codes = tuple(orientation) if orientation is not None else CANONICAL_AXCODES
         if len(codes) != 3 or set(codes) - set("LRAPSI"):
-            raise ValueError(f"{source}: orientation must be three nibabel axis codes such as 'LPS', got {orientation!r}.")
+            raise ValueError(
+                f"{source}: orientation must be three nibabel axis codes such as 'LPS', got {orientation!r}."
+            )
         try:
             affine = _diagonal_affine(codes, spacing)
         except Exception:

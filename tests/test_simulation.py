@@ -190,6 +190,14 @@ def test_batch_matches_single_volumes(mode, view):
     assert per.shape[1:] == ((30, 50) if view == "frontal" else (30, 40))
 
 
+def test_batch_accepts_integer_and_half_precision_tensors():
+    vol = np.round(phantom_hu(seed=4))
+    expected = simulate_cxr_batch(torch.from_numpy(vol.astype(np.float32)), (2.0, 0.8, 0.9), normalize=False)
+    for dtype in (torch.int16, torch.bfloat16):
+        got = simulate_cxr_batch(torch.from_numpy(vol).to(dtype), (2.0, 0.8, 0.9), normalize=False)
+        torch.testing.assert_close(got, expected, atol=5.0 if dtype == torch.bfloat16 else 1e-3, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["mean", "beer_lambert"])
 def test_batch_on_gpu_matches_cpu(mode):

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from x2ctclip.processors import CTVolume, X2CTCLIPVolumeProcessor, ct_rate_affine, load_ct
+from x2ctclip.processors import X2CTCLIPVolumeProcessor, ct_rate_affine, load_ct
 from x2ctclip.processors import volume_io
 
 
@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_volume_processor", REPO / "benchmarks" / "bench_volume_processor.py")
+    path = REPO / "benchmarks" / "bench_volume_processor.py"
+    spec = importlib.util.spec_from_file_location("bench_volume_processor", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -75,7 +76,6 @@ CT_IOP = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # a scanner that stores the image rot
 
 def write_dicom_series(folder: Path, stored_kji: np.ndarray, iop, first_ipp, pixel_spacing, dz, slope, intercept):
     """Write single-frame CT slices (slice k, row j, column i) with pydicom, in shuffled file order."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
