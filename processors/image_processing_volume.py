@@ -15,6 +15,15 @@ applies rescale/clip/scale in place on the smaller resampled grid, and decodes g
 
 Output ``ct_values``: ``(B, 1, D, H, W)`` float32 in [-1, 1]; D runs inferior -> superior, H the patient's right ->
 left, W anterior -> posterior (CT-CLIP's layout of CT-RATE volumes); 1.5 x 0.75 x 0.75 mm voxels by default.
+
+Example::
+
+    >>> processor = X2CTCLIPVolumeProcessor()
+    >>> processor("valid_1_a_1.nii.gz")["ct_values"].shape                        # a CT-RATE file
+    torch.Size([1, 1, 240, 480, 480])
+    >>> processor(["ct.nii.gz", "dicom/series_folder/"], device="cuda")          # any orientation, DICOM
+    >>> processor(hu_array, spacing=(0.8, 0.8, 2.0), orientation="LPS")          # a nibabel-ordered array
+    >>> processor(old_release_file, affine=ct_rate_affine(0.75, 1.5), rescale=(1.0, -1024.0))  # blank header
 """
 
 from __future__ import annotations

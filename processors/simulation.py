@@ -25,6 +25,12 @@ Modes:
 
 With ``normalize=True`` (default) each image is min-max scaled to [0, 1] (X2CT-CLIP then stored 8-bit images).
 
+Example::
+
+    >>> cxr = simulate_cxr("ct.nii.gz")                                  # (H, W) float32, 1 mm pixels, PA
+    >>> lateral = simulate_cxr("dicom/series/", mode="beer_lambert", view="lateral")
+    >>> batch = simulate_cxr_batch(hu.cuda(), spacing_mm=(1.5, 0.75, 0.75), mode="beer_lambert")  # (B, H, W)
+
 Note on X2CT-CLIP's own images: the authors rotated their projection of CT-RATE's ``(i, j, k)`` array upright with
 ``np.rot90`` (image columns = CT-RATE ``i`` = this module's ``x``, so the patient's right on the image left given
 CT-RATE's headers) and mirrored external real radiographs "to match" their simulations. Images made here follow the

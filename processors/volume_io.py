@@ -601,7 +601,7 @@ def load_ct(
         ct: a :class:`CTVolume`; a path to a ``.nii``/``.nii.gz`` file; a folder holding one DICOM series; or a
             3-D numpy array / torch tensor (then ``spacing`` with optional ``orientation``, or ``affine``).
         spacing, affine, orientation, rescale: see :func:`volume_from_array` (arrays) and :func:`read_nifti`
-            (files: overrides of the header).
+            (files: overrides of the header); a :class:`CTVolume` already carries them and ignores these.
         max_voxels: memory budget, checked before the data is decoded or copied.
         validate: check the values are plausible HU (:func:`check_hu`).
         max_hu: upper HU bound of that check.
