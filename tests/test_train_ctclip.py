@@ -78,9 +78,29 @@ def test_projection_mode_with_minilm(data, tmp_path):
 
 def test_full_mode_with_tiny_text_preset(data, tokenizer_dir, tmp_path):
     config = _config(data, tmp_path / "run", text_model=None, text_preset="tiny", tokenizer=str(tokenizer_dir),
-                     text_training="full", eval_split="valid")
+                     text_training="full", eval_split="valid", prompt_text_fraction=0.5, text_truncation_side="left")
     result = train_ctclip(config)
     assert result.global_step == 3
-    assert {"loss_ct_text", "ct_to_report_R@1"} <= set(result.eval_metrics)
+    assert {"loss_ct_text", "ct_to_report_R@1", "zeroshot_macro_auroc"} <= set(result.eval_metrics)
     weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert any(k.startswith("text_model.encoder") for k in weights)
+    # The saved tokenizer reads text as training did: 64 tokens, cut on the left.
+    from x2ctclip.processors import load_report_tokenizer
+
+    tokenizer = load_report_tokenizer(tmp_path / "run" / "model")
+    assert tokenizer.truncation_side == "left" and tokenizer.model_max_length == 64
+
+
+def test_label_prompt_text_states_positives_and_some_negatives():
+    import numpy as np
+
+    from x2ctclip import CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES
+    from x2ctclip.train.train_ctclip import label_prompt_text
+
+    labels = np.zeros(18, dtype=np.int8)
+    labels[[2, 12]] = 1
+    text = label_prompt_text(labels, CT_RATE_FINDINGS, [DEFAULT_PROMPT_TEMPLATES[0]], np.random.default_rng(0), 3)
+    sentences = text.split(". ")
+    assert len(sentences) == 5
+    assert "There is Cardiomegaly" in text and "There is Pleural effusion" in text
+    assert text.count("There is no ") == 3

@@ -239,6 +239,15 @@ class CTCLIPTrainConfig(TrainConfig):
         "projection", "what trains on the report side: full tower, projection only (body frozen, cached), or nothing",
         choices=("full", "projection", "frozen"),
     )
+    text_truncation_side: str = _field(
+        "right", "which end of a long report is cut (left keeps the Impressions at its end)", choices=("right", "left")
+    )
+    prompt_text_fraction: float = _field(
+        0.0,
+        "fraction of training rows whose text is a prompt sentence built from the row's labels (the zero-shot prompt "
+        "pairs: its positive findings and a few negatives) instead of the report",
+    )
+    prompt_text_negatives: int = _field(3, "negative findings named in each prompt sentence")
     projection_dim: int = _field(512, "width of the shared latent space")
     logit_scale_init: float = _field(math.log(1 / 0.07), "initial log logit scale (CLIP: log(1/0.07))")
     train_logit_scale: bool = _field(True, "learn the logit scale (clamped to max_logit_scale)")
@@ -251,6 +260,8 @@ class CTCLIPTrainConfig(TrainConfig):
         super().validate()
         if self.max_text_length <= 0 or self.projection_dim <= 0:
             raise ValueError("max_text_length and projection_dim must be > 0.")
+        if not 0.0 <= self.prompt_text_fraction <= 1.0 or self.prompt_text_negatives < 0:
+            raise ValueError("prompt_text_fraction must be in [0, 1] and prompt_text_negatives >= 0.")
         if self.max_logit_scale <= 0:
             raise ValueError(f"max_logit_scale must be > 0, got {self.max_logit_scale}.")
         if self.init_model is None and self.text_model is None and not self.tokenizer:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from .config import CT_PRESETS, TEXT_PRESETS, CTCLIPTrainConfig, resolve_preset
 from .trainer import Trainer, TrainerCallback, TrainingStage, TrainResult, build_processor, volume_processor_kwargs, write_model_card
 
-__all__ = ["CTCLIPStage", "encode_report_features", "train_ctclip"]
+__all__ = ["CTCLIPStage", "encode_report_features", "label_prompt_text", "train_ctclip"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,33 +65,64 @@ class _CTRows(Dataset):
         self.stage = stage
 
     def __getitem__(self, key):
+        from .augment import sample_rng
         from .data import ct_values_from_ct
 
-        index = int(key[0])
+        index, epoch, position = (int(k) for k in key)
         stage = self.stage
         item = {"ct_values": ct_values_from_ct(np.asarray(stage.rows[index]["ct"]))}
+        # Text of this row: its report, or (with probability prompt_text_fraction) its label prompt sentence.
+        fraction = stage.config.prompt_text_fraction
+        use_prompt = fraction > 0 and sample_rng(stage.config.seed, epoch, position, 1).random() < fraction
+        text = stage.prompt_index[index] if use_prompt else stage.report_index[index]
         if stage.cached_text:
-            item["text_features"] = stage.text_features[stage.report_index[index]]
+            item["text_features"] = stage.text_features[text]
         else:
-            item["input_ids"] = stage.input_ids[index]
-            item["attention_mask"] = stage.attention_mask[index]
+            item["input_ids"] = stage.input_ids[text]
+            item["attention_mask"] = stage.attention_mask[text]
         return item
+
+
+def label_prompt_text(labels, findings, templates, rng: np.random.Generator, n_negatives: int = 3) -> str:
+    """A short text stating a row's labels with the zero-shot prompt pairs: every positive finding with a positive
+    template and ``n_negatives`` random negative findings with the negative one, in random order, e.g.
+    ``"There is no hiatal hernia. There is cardiomegaly. There is no emphysema."``. Training on such texts (next to
+    the reports) teaches the report projection where the prompts of zero-shot classification belong."""
+    labels = np.asarray(labels).astype(bool)
+    negatives = np.flatnonzero(~labels)
+    chosen = rng.choice(negatives, size=min(n_negatives, len(negatives)), replace=False) if len(negatives) else []
+    items = [(int(k), True) for k in np.flatnonzero(labels)] + [(int(k), False) for k in chosen]
+    order = rng.permutation(len(items))
+    sentences = []
+    for i in order:
+        k, positive = items[i]
+        positive_template, negative_template = templates[int(rng.integers(len(templates)))]
+        sentences.append((positive_template if positive else negative_template).format(findings[k]))
+    return " ".join(sentences)
 
 
 @torch.no_grad()
 def encode_report_features(text_model: nn.Module, tokenizer, reports: list[str], max_length: int,
                            batch_size: int = 64, device: torch.device | str = "cpu", progress: bool = True) -> torch.Tensor:
-    """[CLS] hidden states (N, hidden) of ``reports`` through a (frozen) BERT-style body, in eval mode."""
+    """[CLS] hidden states (N, hidden) of ``reports`` through a (frozen) BERT-style body, in eval mode.
+
+    Texts are batched by token length (padding to the longest of a batch), which with the attention mask gives the
+    [CLS] states of padding to ``max_length`` at a fraction of the cost."""
     from tqdm.auto import tqdm
 
     text_model.eval()
-    out = []
+    if not reports:
+        return torch.zeros(0, int(text_model.config.hidden_size))
+    lengths = [len(ids) for ids in tokenizer(list(reports), max_length=max_length, truncation=True)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = torch.empty(len(reports), int(text_model.config.hidden_size))
     for start in tqdm(range(0, len(reports), batch_size), desc="report features", unit="batch", disable=not progress):
-        enc = tokenizer(reports[start : start + batch_size], max_length=max_length, truncation=True, padding=True,
+        rows = order[start : start + batch_size]
+        enc = tokenizer([reports[i] for i in rows], max_length=max_length, truncation=True, padding=True,
                         return_tensors="pt", return_token_type_ids=False)
         hidden = text_model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
-        out.append(hidden.last_hidden_state[:, 0].float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        out[torch.as_tensor(rows)] = hidden.last_hidden_state[:, 0].float().cpu()
+    return out
 
 
 class CTCLIPStage(TrainingStage):
@@ -127,8 +158,32 @@ class CTCLIPStage(TrainingStage):
         if source is None:
             raise ValueError("no tokenizer: set tokenizer (a folder) or text_model.")
         self.tokenizer = load_report_tokenizer(source)
+        # Both are saved with the tokenizer, so the embedding cache and zero-shot prompts read text the same way.
+        self.tokenizer.truncation_side = config.text_truncation_side
+        self.tokenizer.model_max_length = config.max_text_length
+        texts = list(self.reports)
+        prompts = list(self.reports)
+        if config.prompt_text_fraction > 0:
+            from x2ctclip import CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES, X2CTCLIPConfig
+
+            findings, templates = list(CT_RATE_FINDINGS), [tuple(t) for t in DEFAULT_PROMPT_TEMPLATES]
+            if config.init_model:
+                init = X2CTCLIPConfig.from_pretrained(config.init_model)
+                findings, templates = list(init.findings), [tuple(t) for t in init.prompt_templates]
+            labels = load_preprocessed(config.data_dir, config.train_split, columns=["labels"])["labels"]
+            prompts = [
+                label_prompt_text(labels[i], findings, templates, np.random.default_rng([config.seed, i]),
+                                  config.prompt_text_negatives)
+                for i in range(len(self.names))
+            ]
+            texts += prompts
+        # Distinct texts, each encoded once; rows point into them.
+        self.texts = sorted(set(texts))
+        position = {t: i for i, t in enumerate(self.texts)}
+        self.report_index = np.asarray([position[r] for r in self.reports], dtype=np.int64)
+        self.prompt_index = np.asarray([position[p] for p in prompts], dtype=np.int64)
         if not self.cached_text:
-            enc = self.tokenizer(self.reports, max_length=config.max_text_length, truncation=True,
+            enc = self.tokenizer(self.texts, max_length=config.max_text_length, truncation=True,
                                  padding="max_length", return_tensors="pt", return_token_type_ids=False)
             self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
 
@@ -217,15 +272,12 @@ class CTCLIPStage(TrainingStage):
         return model
 
     def _cache_text_features(self, model) -> None:
-        distinct = sorted(set(self.reports))
-        position = {r: i for i, r in enumerate(distinct)}
-        self.report_index = np.asarray([position[r] for r in self.reports], dtype=np.int64)
         from accelerate import PartialState
 
         state = PartialState()
         model.text_model.to(state.device)
         self.text_features = encode_report_features(
-            model.text_model, self.tokenizer, distinct, self.config.max_text_length, device=state.device,
+            model.text_model, self.tokenizer, self.texts, self.config.max_text_length, device=state.device,
             progress=state.is_main_process and self.config.progress_bar,
         )
 

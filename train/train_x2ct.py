@@ -11,7 +11,6 @@ processes; with ``loss_cxr_ct_weight: 0`` it trains the CXR-only CLIP baseline (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -64,11 +63,6 @@ def _cache_rows(cache_names: list[str], names: list[str], cache_dir: str, split:
     return np.asarray([position[n] for n in names], dtype=np.int64)
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """SHA-256 (16 hex digits) of a model folder's ``config.json`` text, to match caches with models."""
-    return hashlib.sha256((Path(model_dir) / "config.json").read_bytes()).hexdigest()[:16]
-
-
 class X2CTStage(TrainingStage):
     """The X2CT-CLIP stage (see the module docstring). ``config`` is an :class:`X2CTTrainConfig`."""
 
@@ -115,19 +109,18 @@ class X2CTStage(TrainingStage):
             self.text_max_length = int(json.loads(processor_config.read_text()).get("max_length", 512))
 
     def _check_cache(self, config: X2CTTrainConfig) -> None:
-        """The cache must hold the latents of *this* CT-CLIP model (its config hash) when the cache records it."""
+        """The cache must hold the latents of *this* CT-CLIP model (``cache_config.json`` records its fingerprint)."""
+        from .embedding_cache import model_fingerprint
+
         path = Path(config.embedding_cache) / "cache_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{config.embedding_cache}: no cache_config.json; run x2ctclip cache-embeddings first.")
-        recorded = json.loads(path.read_text())
-        expected = recorded.get("model_config_sha256") or recorded.get("config_hash")
-        if expected:
-            actual_full = hashlib.sha256((Path(config.ctclip_model) / "config.json").read_bytes()).hexdigest()
-            if not actual_full.startswith(str(expected)) and not str(expected).startswith(actual_full[:16]):
-                raise ValueError(
-                    f"{config.embedding_cache}: cached with a model whose config hash is {expected}, but "
-                    f"{config.ctclip_model} has {actual_full[:16]}; recompute the cache for this model."
-                )
+        recorded = json.loads(path.read_text()).get("parameters", {}).get("model_fingerprint")
+        if recorded and recorded != model_fingerprint(config.ctclip_model):
+            raise ValueError(
+                f"{config.embedding_cache}: the latents were computed with another model than {config.ctclip_model} "
+                "(its fingerprint differs); recompute the cache with x2ctclip cache-embeddings for this model."
+            )
 
     def train_dataset(self) -> Dataset:
         return _CXRRows(self)
