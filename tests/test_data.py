@@ -280,6 +280,14 @@ def test_stream_one_recon_per_scan_and_shuffle(layout):
     assert sorted(shuffled) == sorted(names) and shuffled != sorted(names)
 
 
+def test_streams_built_earlier_keep_their_own_subsets(synthetic):
+    root, names = synthetic
+    first = D.stream_ct_rate(root, "train", volume_names=names[:2], decode=False)
+    second = D.stream_ct_rate(root, "train", volume_names=names[5:], decode=False)
+    D._TABLES.clear()  # as in a spawned worker: the tables are read again from the handle
+    assert _stems(first) == sorted(names[:2]) and _stems(second) == sorted(names[5:])
+
+
 def test_stream_argument_errors(layout):
     root, _ = layout
     with pytest.raises(ValueError, match="cxr_mode"):

@@ -40,6 +40,7 @@ from x2ctclip.train.data import (
     load_preprocessed,
     plan_shards,
     progress_bar,
+    read_ct,
     read_folder_config,
 )
 
@@ -114,8 +115,8 @@ def _encode_batches(model, tokenizer, dataset, start: int, stop: int, batch_size
 
     for begin in range(start, stop, batch_size):
         end = min(begin + batch_size, stop)
-        batch = dataset[begin:end]
-        ct_values = ct_values_from_ct(batch["ct"]).to(device)
+        batch = dataset.select_columns(["VolumeName", "scan_id", "labels", "report"])[begin:end]
+        ct_values = ct_values_from_ct(read_ct(dataset, range(begin, end)), device=device)
         tokens = tokenize_reports(tokenizer, [str(r) for r in batch["report"]], max_length=max_length).to(device)
         with torch.inference_mode():
             ct = model.get_ct_features(ct_values).pooler_output
