@@ -193,7 +193,7 @@ def make_study(seed: int = 0, shape=DEFAULT_SHAPE, *, spacing=None, labels=None,
     p = planned or plan_study(seed, split, patient, scan, shape, spacing=spacing, labels=labels)
     plan, grid, rngs, details = p["plan"], p["grid"], p["render_rng"], p["details"]
     chest = anatomy.render_chest(plan, grid, rngs["anatomy"], lung_hooks=findings.lung_hooks(details, rngs["findings"]))
-    anatomy.plan_trees(rngs["anatomy"], plan, grid, chest.lung, n_leaves=90)
+    anatomy.plan_trees(rngs["anatomy"], plan, grid, chest.lung, n_leaves=150)
     anatomy.render_trees(chest)
     findings.render_findings(chest, details, rngs["findings"])
     dense = findings.dense_layers(chest, details, rngs["findings"])
@@ -234,7 +234,7 @@ def _reconstruct(base: np.ndarray, rng, spec: dict, noise_sd: float, dense: list
     vol *= noise_sd * spec["noise"] * (1.0 if spec["blur"] else 0.45)
     vol += base
     if spec["blur"]:
-        gaussian_filter(vol, spec["blur"], output=vol, truncate=3.0)
+        gaussian_filter(vol, spec["blur"], output=vol, truncate=2.5)
     findings.apply_dense_layers(vol, dense)
     return vol
 
@@ -315,9 +315,8 @@ def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept
     ox, oy, oz = (float(v) for v in origin_lps)
     # Voxel (i, j, k) -> LPS (ox + i sx, oy + j sy, oz + k sz) -> RAS (negate x and y).
     affine = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1]], dtype=np.float64)
-    data = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) = (i, j, k)
     hdr = nib.Nifti1Header()
-    hdr.set_data_shape(data.shape)
+    hdr.set_data_shape(stored.shape[::-1])  # (i, j, k) = (x, y, z)
     hdr.set_data_dtype(np.int16)
     hdr.set_zooms((sx, sy, sz))
     hdr.set_qform(affine, code=1)
@@ -327,7 +326,8 @@ def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept
     hdr["scl_inter"] = intercept
     hdr["vox_offset"] = 352
     hdr["descrip"] = b"x2ctclip synthetic chest CT"
-    return hdr.binaryblock + b"\x00\x00\x00\x00" + data.tobytes(order="F")
+    # NIfTI stores i fastest (Fortran order of (x, y, z)): exactly the C-order bytes of the (z, y, x) array.
+    return hdr.binaryblock + b"\x00\x00\x00\x00" + np.ascontiguousarray(stored).tobytes()
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
@@ -461,7 +461,10 @@ def generate_synthetic_ct_rate(out_dir, n_train: int = 100, n_valid: int = 20, n
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # fork (where available) starts workers instantly with everything imported; the workers only run numpy
+        # and scipy, never torch, so forking the parent is safe.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
             for rows in pool.imap(_study_task, tasks, chunksize=1):
                 results.append(rows)
                 bar.update()

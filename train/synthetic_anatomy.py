@@ -188,6 +188,39 @@ def chain_placed(grid: Grid, points, radii, *, min_radius: float = 0.0):
     return box, local
 
 
+def splat_segments(grid: Grid, segments) -> np.ndarray:
+    """Volume fraction (0..1) occupied by thin tapered tubes ``[(a, b, (ra, rb)), ...]`` (mm), by trilinear
+    splatting of points every half voxel along each segment, each carrying its slab volume ``pi r^2 ds``.
+
+    For tubes thinner than a voxel this gives the partial-volume occupancy of :func:`capsule_fraction` at a
+    fraction of the cost (one ``bincount`` for all segments).
+    """
+    step = 0.5 * grid.voxel
+    pts, vol = [], []
+    for a, b, (ra, rb) in segments:
+        length = float(np.linalg.norm(np.asarray(b) - np.asarray(a)))
+        n = max(2, int(np.ceil(length / step)) + 1)
+        t = np.linspace(0.0, 1.0, n)[:, None]
+        pts.append(np.asarray(a) + t * (np.asarray(b) - np.asarray(a)))
+        r = ra + t[:, 0] * (rb - ra)
+        vol.append(np.pi * r * r * (length / (n - 1)))
+    p = np.concatenate(pts)
+    w = np.concatenate(vol) / float(np.prod(grid.spacing))
+    idx = (p - np.asarray(grid.origin)) / np.asarray(grid.spacing)
+    base = np.floor(idx).astype(np.int64)
+    frac = idx - base
+    shape = np.asarray(grid.shape)
+    flats, weights = [], []
+    for corner in range(8):
+        off = np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
+        c = base + off
+        ok = np.all((c >= 0) & (c < shape), axis=1)
+        flats.append(np.ravel_multi_index(c[ok].T, grid.shape))
+        weights.append((w * np.prod(np.where(off, frac, 1.0 - frac), axis=1))[ok])
+    out = np.bincount(np.concatenate(flats), weights=np.concatenate(weights), minlength=int(np.prod(shape)))
+    return np.minimum(out, 1.0).astype(np.float32).reshape(grid.shape)
+
+
 def smooth_path(points, n: int = 24) -> np.ndarray:
     """Catmull-Rom resampling of a few control points ``(K, 3)`` into ``n`` points along a smooth curve."""
     p = np.asarray(points, dtype=np.float64)
@@ -658,8 +691,9 @@ def _mediastinum_mask(plan: ChestPlan, grid: Grid) -> np.ndarray:
     carina_z = plan.airways["carina"][0]
     hc = plan.heart_center
     # Central band: thin anteriorly (junction line), wider in the upper mediastinum (thymic fat, vessels).
-    upper = (z > hc[0] + 20.0) & (z < plan.z_apex - 10.0)
-    width = np.where(upper, 22.0, 9.0) + np.where(y > plan.spine_y - 45.0, 12.0, 0.0)
+    upper = 1.0 / (1.0 + np.exp(-(z - hc[0] - 20.0) / 8.0)) * (z < plan.z_apex - 10.0)
+    back = 1.0 / (1.0 + np.exp(-(y - plan.spine_y + 45.0) / 5.0))
+    width = 9.0 + 13.0 * upper + 12.0 * back  # smooth, so lung borders have no steps
     mask = np.abs(x - 2.0) < width
     occ = np.zeros(grid.shape, dtype=np.float32)
     for name in ("aorta", "pulmonary_trunk", "left_pa", "right_pa", "svc", "esophagus", "trachea", "ivc",
@@ -824,9 +858,11 @@ def _render_bones(chest: RenderedChest, rng: np.random.Generator) -> None:
     # Ribs: a thin elliptical shell just outside the cavity; each rib descends from back to front.
     cav_a, yc, cav_b = plan.cavity(z)
     r_rib = 1.0 + 6.0 / cav_b
-    rho = np.sqrt((x / cav_a) ** 2 + ((y - yc) / cav_b) ** 2)
-    near = (np.abs(rho - r_rib) < 7.0 / cav_b) & (z < plan.z_apex + 20.0) & (z > plan.z_recess - 60.0)
+    rho2 = (x / cav_a) ** 2 + ((y - yc) / cav_b) ** 2
+    near = (rho2 > (r_rib - 7.0 / cav_b) ** 2) & (rho2 < (r_rib + 7.0 / cav_b) ** 2)
+    near &= (z < plan.z_apex + 20.0) & (z > plan.z_recess - 60.0)
     idx = np.flatnonzero(near)
+    del rho2, near
     if len(idx):
         k, j, i = np.unravel_index(idx, grid.shape)
         pz, py, px = grid.z.ravel()[k], grid.y.ravel()[j], grid.x.ravel()[i]
@@ -872,9 +908,7 @@ def _render_bones(chest: RenderedChest, rng: np.random.Generator) -> None:
         a = np.array([zs_top + 2.0, y_front - 16.0, side * 22.0])
         b = np.array([zs_top + 12.0, -25.0, side * (plan.body_a * 0.6)])
         c = np.array([zs_top + 20.0, 5.0, side * (plan.body_a - 12.0)])
-        occ = np.zeros(grid.shape, dtype=np.float32)
-        chain_fraction(grid, occ, smooth_path([a, b, c], 8), np.full(8, 7.0))
-        hu += occ * (0.6 * cortex + 0.4 * marrow - hu)
+        blend(hu, chain_placed(grid, smooth_path([a, b, c], 8), np.full(8, 7.0)), 0.6 * cortex + 0.4 * marrow)
         _render_scapula(chest, side)
 
 
@@ -907,8 +941,13 @@ def render_trees(chest: RenderedChest) -> None:
     wall = np.zeros(grid.shape, dtype=np.float32)
     lumen = np.zeros(grid.shape, dtype=np.float32)
     min_r = 0.3 * grid.voxel
+    thin = []
     for br in plan.branches:
-        paint_max(vessel, capsule_fraction(grid, br.a + br.vessel_offset_a, br.b + br.vessel_offset_b, *br.vessel_r))
+        a, b = br.a + br.vessel_offset_a, br.b + br.vessel_offset_b
+        if max(br.vessel_r) < grid.voxel:
+            thin.append((a, b, br.vessel_r))  # sub-voxel vessels: splatted below, much cheaper than capsules
+        else:
+            paint_max(vessel, capsule_fraction(grid, a, b, *br.vessel_r))
         scale = plan.airway_lumen_scale.get(br.lobe, 1.0) if br.generation >= 2 else 1.0
         if br.generation > plan.airway_max_generation and scale == 1.0:
             continue
@@ -920,7 +959,9 @@ def render_trees(chest: RenderedChest) -> None:
         wt = (0.45 * ra + 0.4) * plan.airway_wall_scale
         paint_max(wall, capsule_fraction(grid, br.a, br.b, ra + wt, rb + wt))
         paint_max(lumen, capsule_fraction(grid, br.a, br.b, ra, rb))
-    # Vessels thin out towards the pleura; emphysema/mosaic hooks may have stored a vessel weight field.
+    if thin:
+        np.maximum(vessel, splat_segments(grid, thin), out=vessel)
+    # Emphysema and mosaic-attenuation hooks may have stored a vessel weight field (fewer, thinner vessels).
     weight = chest.extras.get("vessel_weight")
     if weight is not None:
         vessel *= weight

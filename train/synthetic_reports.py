@@ -101,7 +101,7 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
         ))
     else:
         out.append(w.pick(
-            "Heart size and contour are normal.",
+            "The heart has a normal size and contour.",
             "The heart is of normal size and contour.",
             "Heart contour and dimensions are within normal limits.",
             "Cardiac size is normal.",
@@ -113,7 +113,7 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
         out.append(w.pick(
             f"{amount} pericardial effusion is present, measuring {t} mm at its thickest point.",
             f"Pericardial effusion reaching {t} mm in thickness is seen.",
-            f"{amount} effusion is observed in the pericardial space.",
+            f"{amount} effusion is seen within the pericardial space.",
             f"There is a pericardial effusion with a thickness of {t} mm.",
             f"{amount} pericardial fluid, {t} mm thick, surrounds the heart.",
         ))
@@ -279,7 +279,8 @@ def _esophagus(w: _Writer, pos: set, d: dict) -> list[str]:
 
 def _nodule_sentence(w: _Writer, nodules: list[dict]) -> list[str]:
     big = nodules[0]
-    kind = {"solid": "solid", "calcified": "calcified", "ground-glass": "ground-glass",
+    # Non-solid nodules are called "subsolid" here: "ground glass" is the vocabulary of the lung-opacity label.
+    kind = {"solid": "solid", "calcified": "calcified", "ground-glass": "subsolid",
             "part-solid": "part-solid"}[big["kind"]]
     mm = f"{big['diameter_mm']:g}"
     if len(nodules) == 1:
@@ -382,7 +383,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
         where = "both lungs" if m["extent"] == "both lungs" else "the lower lobes of both lungs"
         out.append(w.pick(
             f"A mosaic attenuation pattern is present in {where} (small airway disease? small vessel disease?).",
-            f"Mosaic attenuation is observed in {where}; small airway or small vessel disease may be considered.",
+            f"Mosaic attenuation is noted in {where}; small airway or small vessel disease may be considered.",
             f"There is a mosaic attenuation pattern in {where}.",
         ))
     if "Interlobular septal thickening" in pos:
@@ -498,8 +499,8 @@ def _impression(w: _Writer, pos: set, d: dict) -> str:
     items = []
     if "Lung opacity" in pos and "Consolidation" in pos:
         items.append(w.pick("Consolidation and ground-glass opacities, compatible with pneumonia.",
-                            "Ground-glass areas and consolidation (infection?); clinical and laboratory correlation "
-                            "is recommended."))
+                            "Ground-glass areas and consolidation (infection?); please correlate with clinical and "
+                            "laboratory findings."))
     elif "Consolidation" in pos:
         items.append(w.pick("Consolidation with air bronchograms (pneumonia?).", "Pneumonic consolidation."))
     elif "Lung opacity" in pos:
@@ -516,15 +517,15 @@ def _impression(w: _Writer, pos: set, d: dict) -> str:
         "Lung nodule": lambda: w.pick("Nonspecific pulmonary nodule(s); follow-up is recommended.",
                                       "Millimetric nodules in the lung." if d["Lung nodule"]["nodules"][0]
                                       ["diameter_mm"] < 10 else "Pulmonary nodule."),
-        "Emphysema": lambda: w.pick("Emphysema.", "Emphysematous changes in both lungs."),
+        "Emphysema": lambda: w.pick("Emphysema.", "Bilateral emphysematous lung changes."),
         "Atelectasis": lambda: w.pick("Atelectasis.", "Atelectatic changes."),
         "Pulmonary fibrotic sequela": lambda: w.pick("Fibrotic sequelae changes.", "Pleuroparenchymal sequelae."),
         "Mosaic attenuation pattern": lambda: "Mosaic attenuation pattern.",
         "Interlobular septal thickening": lambda: "Interlobular septal thickening.",
         "Bronchiectasis": lambda: w.pick("Bronchiectasis.", "Bronchiectatic changes."),
         "Peribronchial thickening": lambda: "Peribronchial thickening.",
-        "Hiatal hernia": lambda: w.pick("Hiatal hernia.", "Sliding type hiatal hernia."),
-        "Arterial wall calcification": lambda: ("Atherosclerotic changes in the aorta and coronary arteries."
+        "Hiatal hernia": lambda: w.pick("Hiatal hernia.", "Hiatal hernia of sliding type."),
+        "Arterial wall calcification": lambda: ("Calcific atherosclerosis of the aorta and the coronary arteries."
                                                 if "Coronary artery wall calcification" in pos else
                                                 "Aortic atherosclerosis."),
         "Coronary artery wall calcification": lambda: ("" if "Arterial wall calcification" in pos else
