@@ -58,6 +58,7 @@ QUICKSTART_OUT = Path("outputs") / "quickstart"
 DEFAULT_MODEL = QUICKSTART_OUT / "model"
 QUICKSTART_COMMAND = f"x2ctclip quickstart --out {QUICKSTART_OUT.as_posix()}"
 MODEL_ENV = "X2CTCLIP_DEMO_MODEL"
+REPORT_COLUMN_WIDTHS = ["7%", "11%", "14%", "68%"]  # rank, similarity, case, report
 DISCLAIMER = (
     "Research demo, **not for clinical use**. The model reads frontal chest radiographs; its findings are CT-level "
     "labels (CT-RATE) that it learnt from radiographs simulated from CT."
@@ -208,7 +209,7 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
                                 elem_id="cxr_saliency")  # fmt: skip
             cxr_table = gr.Dataframe(label="Probabilities", interactive=False, elem_id="cxr_table")
             cxr_reports = gr.Dataframe(label="Most similar reports in the gallery", interactive=False, wrap=True,
-                                       elem_id="cxr_reports")  # fmt: skip
+                                       column_widths=REPORT_COLUMN_WIDTHS, elem_id="cxr_reports")  # fmt: skip
             analyse.click(handlers.predict_radiograph, [cxr_file, finding, show_anyway],
                           [cxr_status, cxr_chart, view, heat, cxr_table, cxr_reports],
                           api_name="predict_radiograph")  # fmt: skip
@@ -229,7 +230,7 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
             ct_chart = gr.Plot(label="Findings", format="png", elem_id="ct_chart")
             ct_table = gr.Dataframe(label="Probabilities", interactive=False, elem_id="ct_table")
             ct_reports = gr.Dataframe(label="Most similar reports in the gallery", interactive=False, wrap=True,
-                                      elem_id="ct_reports")  # fmt: skip
+                                      column_widths=REPORT_COLUMN_WIDTHS, elem_id="ct_reports")  # fmt: skip
             ct_analyse.click(handlers.analyse_ct, [ct_file, ct_show_anyway],
                              [ct_status, *sims, ct_chart, ct_table, ct_reports],
                              api_name="analyse_ct", concurrency_limit=1)  # fmt: skip
@@ -287,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
     parser.add_argument("--gallery", help="report CSV ('report' or CT-RATE's Findings_EN/Impressions_EN columns) or "
                         "a gallery .safetensors for retrieval (default: the model folder's report_gallery.safetensors)")
-    parser.add_argument("--write-gallery", metavar="PATH", help="also save the gallery built from --gallery CSV as "
-                        "PATH (e.g. MODEL/report_gallery.safetensors), then serve")  # fmt: skip
+    parser.add_argument("--write-gallery", metavar="PATH", help="save the gallery built from --gallery CSV as PATH "
+                        "(e.g. MODEL/report_gallery.safetensors) and exit")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=2, help="radiograph requests running at once (default 2)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait in the queue (default 64)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -308,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--concurrency and --queue-size must be at least 1.")
         limits = Limits(max_image_bytes=int(args.max_image_mb * 1e6), max_ct_bytes=int(args.max_ct_mb * 1e6))
         engine = DemoEngine(model_dir, gallery=args.gallery, limits=limits, device=args.device,
-                            reference_phantoms=args.reference_phantoms)  # fmt: skip
+                            reference_phantoms=0 if args.write_gallery else args.reference_phantoms)  # fmt: skip
         if args.write_gallery:
             if engine.gallery is None:
                 raise ValueError("--write-gallery needs --gallery CSV.")
-            print(f"wrote {engine.gallery.save(args.write_gallery)}")
+            print(f"wrote {engine.gallery.save(args.write_gallery)} ({len(engine.gallery)} reports)")
+            return 0
     except (FileNotFoundError, ValueError) as error:
         print(f"x2ctclip demo: error: {error}", file=sys.stderr)
         return 2

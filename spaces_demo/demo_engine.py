@@ -482,7 +482,7 @@ class DemoEngine:
             loaded = ReportGallery.load(path)
         else:
             reports, names = read_report_csv(path)
-            loaded = ReportGallery(self.encode_reports(reports), reports, names, f"{len(reports)} reports of {path.name}")
+            loaded = ReportGallery(self.encode_reports(reports), reports, names, f"built from {path.name}")
         if loaded.embeds.shape[1] != self.model.config.projection_dim:
             raise ValueError(
                 f"{path}: gallery latents have width {loaded.embeds.shape[1]}, the model {self.model.config.projection_dim}."
