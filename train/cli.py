@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("x2ctclip.train.cmd_data", "convert a CT-RATE layout into fixed-size Arrow shards (CT + simulated CXR)"),
     "cache-embeddings": ("x2ctclip.train.cmd_data", "cache the frozen CT and report latents of preprocessed data"),
     "make-synthetic": ("x2ctclip.train.cmd_make_synthetic", "write synthetic chest CT studies in the CT-RATE layout"),
+    "train": ("x2ctclip.train.cmd_train", "train a stage: ctclip (CT + report towers) or x2ct (CXR tower, X2CT-CLIP)"),
+    "quickstart": ("x2ctclip.train.cmd_quickstart", "synthetic data -> CT-CLIP -> X2CT-CLIP -> evaluation, in one command"),
 }
 
 
