@@ -9,9 +9,10 @@ loader clipped first (``clip_before_resample``).
 
 This processor gives the same numbers (to float32 rounding) for a CT-RATE file, and brings every other input (any
 NIfTI orientation, DICOM series, arrays with an affine) to CT-RATE's orientation first (:mod:`.volume_io`). It is
-faster and lighter because it never leaves the stored integer dtype until one float32 copy, resamples that copy
-directly into CT-CLIP's ``(z, x, y)`` layout (the transpose is a free view of the contiguous ``(z, y, x)`` array),
-applies rescale/clip/scale in place on the smaller resampled grid, and decodes gzip with igzip.
+faster and lighter because it decodes gzip with igzip, keeps the stored integers (no float64, no full float copy:
+trilinear interpolation is done as a z pass slice by slice and an in-plane ``F.interpolate`` pass that writes
+CT-CLIP's ``(z, x, y)`` layout directly from a free transposed view), and rescales/clips/scales in place on the
+resampled grid.
 
 Output ``ct_values``: ``(B, 1, D, H, W)`` float32 in [-1, 1]; D runs inferior -> superior, H the patient's right ->
 left, W anterior -> posterior (CT-CLIP's layout of CT-RATE volumes); 1.5 x 0.75 x 0.75 mm voxels by default.
@@ -40,7 +41,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from .volume_io import DEFAULT_MAX_HU, CTVolume, load_ct
 
 
-__all__ = ["X2CTCLIPVolumeProcessor", "ctclip_output_size", "resample_trilinear"]
+__all__ = ["X2CTCLIPVolumeProcessor", "ctclip_output_size", "resample_trilinear", "resample_trilinear_cpu"]
 
 
 def ctclip_output_size(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> list[int]:
@@ -61,6 +62,51 @@ def resample_trilinear(
     size = ctclip_output_size(x.shape[-3:], spacing, target_spacing)
     out = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
     return out[0, 0] if squeeze else out
+
+
+def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear interpolation with ``align_corners=False`` (torch's formula:
+    ``src = max((dst + 0.5) * n_in / n_out - 0.5, 0)``, the upper neighbour clamped to the last voxel)."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resample_trilinear_cpu(
+    array_zyx: np.ndarray,
+    spacing_zxy: Sequence[float],
+    target_spacing: Sequence[float],
+    clip: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """:func:`resample_trilinear` of ``array_zyx.transpose(0, 2, 1)`` for a C-contiguous ``(z, y, x)`` numpy array of
+    any real dtype, computed on the CPU in two passes that together are trilinear interpolation.
+
+    Pass 1 interpolates along z slice by slice (two input slices -> one float32 slice, optionally clipped to
+    ``clip`` first), so no full-size float copy of the input is made; pass 2 is ``F.interpolate(mode="bilinear")``
+    on the transposed ``(x, y)`` planes. Trilinear interpolation is separable, so the result equals
+    ``F.interpolate(mode="trilinear")`` up to float32 rounding (tested), at about half its time and memory.
+
+    Returns:
+        ``(D', H', W')`` float32 tensor in CT-CLIP's ``(z, x, y)`` layout on CT-CLIP's grid.
+    """
+    n_z, n_y, n_x = array_zyx.shape
+    size = ctclip_output_size((n_z, n_x, n_y), spacing_zxy, target_spacing)
+    i0, i1, w = _linear_weights(n_z, size[0])
+    planes = np.empty((size[0], n_y, n_x), dtype=np.float32)
+    low = np.empty((n_y, n_x), dtype=np.float32)
+    high = np.empty((n_y, n_x), dtype=np.float32)
+    for d in range(size[0]):
+        low[...] = array_zyx[i0[d]]
+        high[...] = array_zyx[i1[d]]
+        if clip is not None:
+            np.clip(low, clip[0], clip[1], out=low)
+            np.clip(high, clip[0], clip[1], out=high)
+        high -= low  # planes[d] = low * (1 - w) + high * w, written as low + (high - low) * w
+        high *= w[d]
+        np.add(low, high, out=planes[d])
+    x = torch.from_numpy(planes).transpose(1, 2)[:, None]  # (z', 1, x, y): a strided view, read in place
+    return F.interpolate(x, size=size[1:], mode="bilinear", align_corners=False)[:, 0]
 
 
 def _as_tuple(value: Any, n: int, name: str, kind=float) -> tuple:
@@ -238,14 +284,16 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
         hi = (self.hu_max - volume.intercept) / volume.slope
         lo, hi = min(lo, hi), max(lo, hi)
 
-        # 1. one float32 copy of the stored values (numpy's cast also makes read-only file buffers writable)
-        x = torch.from_numpy(volume.array.astype(np.float32))
-        if device is not None:
-            x = x.to(device)
-        if self.clip_before_resample:
-            x.clamp_(lo, hi)
-        # 2. trilinear resampling straight into (z, x, y), CT-CLIP's grid
-        x = resample_trilinear(x.transpose(1, 2), spacing, self.target_spacing)
+        # 1-2. trilinear resampling of the stored values straight into (z, x, y) on CT-CLIP's grid: on the CPU in two
+        #      separable passes without a full float copy; on another device with F.interpolate(mode="trilinear")
+        clip = (lo, hi) if self.clip_before_resample else None
+        if device is None or torch.device(device).type == "cpu":
+            x = resample_trilinear_cpu(volume.array, spacing, self.target_spacing, clip=clip)
+        else:
+            x = torch.from_numpy(volume.array.astype(np.float32)).to(device)
+            if clip is not None:
+                x.clamp_(*clip)
+            x = resample_trilinear(x.transpose(1, 2), spacing, self.target_spacing)
         # 3. centre crop, CT-CLIP's start index (n - t) // 2 (a view)
         starts = [max((n - t) // 2, 0) for n, t in zip(x.shape, self.target_shape)]
         x = x[tuple(slice(s, s + t) for s, t in zip(starts, self.target_shape))].contiguous()

@@ -297,6 +297,21 @@ def test_resampling_on_gpu_matches_cpu(ct_rate_file):
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("shape_zyx, spacing_zxy", [((13, 17, 11), (2.0, 0.7, 0.8)), ((5, 9, 12), (0.6, 1.9, 0.3))])
+@pytest.mark.parametrize("clip", [None, (24.0, 1500.5)])
+def test_separable_cpu_resampling_equals_trilinear_interpolate(shape_zyx, spacing_zxy, clip):
+    from x2ctclip.processors.image_processing_volume import resample_trilinear, resample_trilinear_cpu
+
+    array = np.random.default_rng(0).integers(-1000, 3000, size=shape_zyx).astype(np.int16)
+    got = resample_trilinear_cpu(array, spacing_zxy, (1.5, 0.75, 0.75), clip=clip)
+    x = torch.from_numpy(array.astype(np.float32))
+    if clip is not None:
+        x = x.clamp(*clip)
+    expected = resample_trilinear(x.transpose(1, 2), spacing_zxy, (1.5, 0.75, 0.75))
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)  # HU units: float32 rounding only
+
+
 # ----------------------------------------------------------------------------------------------- bad inputs
 def _bad_inputs(tmp: Path, ct_rate_file: Path) -> dict:
     cases = {}
