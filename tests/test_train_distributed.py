@@ -2,6 +2,7 @@
 with the whole global batch (gathered negatives + DDP gradient averaging + each process taking its half)."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -29,12 +30,19 @@ def test_two_processes_equal_one_process_at_the_same_global_batch(tmp_path):
     (tmp_path / "two").mkdir()
     config.to_yaml(tmp_path / "two" / "run.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
+    # Own process group, so that a timeout kills the launcher *and* its workers.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "x2ctclip.train.cli", "train", "x2ct", "--config", str(tmp_path / "two" / "run.yaml")],
-        capture_output=True, text=True, timeout=300, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
     one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
     assert one.keys() == two.keys()

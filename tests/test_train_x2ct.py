@@ -77,10 +77,11 @@ def _weights_after(inputs, run_dir, seed):
 
 
 def test_cxr_only_baseline_and_accumulation(inputs, tmp_path):
-    config = x2ct_config(inputs, tmp_path / "run", loss_cxr_ct_weight=0.0, gradient_accumulation_steps=2, max_steps=2,
-                         mixed_precision="bf16")
+    # 12 scans, 4 per micro-batch: 3 micro-batches per epoch; 5 epochs with accumulation 2 -> 7 optimiser steps.
+    config = x2ct_config(inputs, tmp_path / "run", loss_cxr_ct_weight=0.0, gradient_accumulation_steps=2, max_steps=0,
+                         num_epochs=5, mixed_precision="bf16")
     result = train_x2ct(config)
-    assert result.global_step == 2 and result.samples_seen == 16
+    assert result.global_step == 7 and result.samples_seen == 56
     header = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0].split(",")
     assert "loss_cxr_text" in header and "loss_cxr_ct" not in header
     assert X2CTCLIPModel.from_pretrained(tmp_path / "run" / "model").config.loss_cxr_ct_weight == 0.0

@@ -191,13 +191,15 @@ class CTCLIPStage(TrainingStage):
         return _CTRows(self)
 
     def epoch_indices(self, epoch: int) -> list[int]:
-        if epoch not in self._epochs:
+        order = self._epochs.get(epoch)
+        if order is None:
             from .data import one_recon_per_scan
 
-            self._epochs[epoch] = one_recon_per_scan(self.names, self.config.seed, epoch)
-            if len(self._epochs) > 4:
-                self._epochs.pop(min(self._epochs))
-        return self._epochs[epoch]
+            order = one_recon_per_scan(self.names, self.config.seed, epoch)
+            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[epoch] = order
+        return order
 
     # ------------------------------------------------------------------ model
     def _text_backbone(self):
@@ -334,8 +336,8 @@ class CTCLIPStage(TrainingStage):
         return torch.nn.functional.normalize(model.text_projection(features.to(device)).float(), dim=-1)
 
     # ------------------------------------------------------------------ final folder
-    def save_final(self, model, folder: Path, result: TrainResult) -> None:
-        model.save_pretrained(folder)
+    def save_final(self, model, folder: Path, result: TrainResult, state_dict=None) -> None:
+        model.save_pretrained(folder, state_dict=state_dict)
         c = self.config
         processor = build_processor(self.tokenizer, volume_processor_kwargs=volume_processor_kwargs(c.data_dir),
                                     max_length=c.max_text_length)

@@ -126,13 +126,15 @@ class X2CTStage(TrainingStage):
         return _CXRRows(self)
 
     def epoch_indices(self, epoch: int) -> list[int]:
-        if epoch not in self._epochs:
+        order = self._epochs.get(epoch)
+        if order is None:
             from .data import one_recon_per_scan
 
-            self._epochs[epoch] = one_recon_per_scan(self.names, self.config.seed, epoch)
-            if len(self._epochs) > 4:  # bounded memo
-                self._epochs.pop(min(self._epochs))
-        return self._epochs[epoch]
+            order = one_recon_per_scan(self.names, self.config.seed, epoch)
+            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[epoch] = order
+        return order
 
     # ------------------------------------------------------------------ model
     def build_model(self):
@@ -192,8 +194,8 @@ class X2CTStage(TrainingStage):
                                       image_std=c.image_std)
 
     # ------------------------------------------------------------------ final folder
-    def save_final(self, model, folder: Path, result: TrainResult) -> None:
-        model.save_pretrained(folder)
+    def save_final(self, model, folder: Path, result: TrainResult, state_dict=None) -> None:
+        model.save_pretrained(folder, state_dict=state_dict)
         c = self.config
         if self.tokenizer is not None:
             processor = build_processor(self.tokenizer, c.image_size, c.image_mean, c.image_std,

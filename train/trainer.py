@@ -115,9 +115,13 @@ class TrainingStage:
         Must not run collective operations (other processes wait at a barrier meanwhile)."""
         return {}
 
-    def save_final(self, model: nn.Module, folder: Path, result: "TrainResult") -> None:
-        """Write the final model folder (``save_pretrained``, processor, model card) into ``folder``."""
-        model.save_pretrained(folder)
+    def save_final(self, model: nn.Module, folder: Path, result: "TrainResult",
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the final model folder (``save_pretrained``, processor, model card) into ``folder``.
+
+        ``state_dict`` is the model's full state gathered by ``accelerator.get_state_dict`` (which also works when the
+        parameters are sharded, e.g. under FSDP); pass it on to ``save_pretrained``."""
+        model.save_pretrained(folder, state_dict=state_dict)
 
 
 class TrainerCallback:
@@ -636,13 +640,15 @@ class Trainer:
             resumed_from=resumed_from,
         )
         acc.wait_for_everyone()
+        # Every process takes part in gathering the state (sharded strategies need it); the main one writes it.
+        state_dict = self._model_state_dict(module, unwrapped)
         if acc.is_main_process:
             final = self.output_dir / "model"
             tmp = self.output_dir / f"{_TMP_PREFIX}model"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             unwrapped.eval()
-            self.stage.save_final(self.stage_model(unwrapped), tmp, result)
+            self.stage.save_final(self.stage_model(unwrapped), tmp, result, state_dict)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -654,6 +660,16 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def _model_state_dict(self, module: nn.Module, unwrapped: nn.Module) -> dict[str, torch.Tensor]:
+        """The stage model's state dict, gathered through Accelerate; keys relative to the model when the trained
+        module is a wrapper around it."""
+        state = self.accelerator.get_state_dict(module)
+        model = self.stage_model(unwrapped)
+        prefix = next((f"{name}." for name, sub in unwrapped.named_modules() if sub is model and name), "")
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return state
 
     def stage_has_eval(self) -> bool:
         return type(self.stage).evaluate is not TrainingStage.evaluate
