@@ -96,7 +96,11 @@ def _reports_table(retrieved: list[tuple[float, str, str]]) -> pd.DataFrame:
 
 
 def _calibration_line(predictions: list[Predictions]) -> str:
-    return "  \n".join(f"*{p.source}*: {p.calibration}" for p in predictions)
+    """Which probabilities are calibrated: one line per distinct calibration, naming its sources."""
+    groups: dict[str, list[str]] = {}
+    for p in predictions:
+        groups.setdefault(p.calibration, []).append(p.source)
+    return "  \n".join(f"*{', '.join(sources)}*: {how}" for how, sources in groups.items())
 
 
 def _model_summary(engine: DemoEngine) -> str:
