@@ -52,7 +52,7 @@ DEFAULT_SPACING: tuple[float, float, float] = (1.5, 0.75, 0.75)
 #: Target size of a shard's Arrow file; rows per shard = this / bytes per row (at least 1).
 DEFAULT_SHARD_BYTES = 500 * 2**20
 #: Rows buffered by the Arrow writer before a flush (bounded by bytes as well).
-_FLUSH_BYTES = 64 * 2**20
+_FLUSH_BYTES = 32 * 2**20
 
 
 def to_uint8_square(image: np.ndarray, size: int) -> np.ndarray:
