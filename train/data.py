@@ -76,6 +76,7 @@ __all__ = [
     "read_ct",
     "read_ct_rate_volume",
     "resolve_data_root",
+    "select_one_recon_per_scan",
     "stream_ct_rate",
     "volume_stem",
 ]
