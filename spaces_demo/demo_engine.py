@@ -349,10 +349,12 @@ class RadiographResult:
 
     Attributes:
         view: ``(S, S)`` float32 in [0, 1]: the square of the radiograph the model sees, at display resolution.
+        finding: the finding of the saliency map.
         predictions: the CXR tower's predictions (None when withheld because checks failed).
         saliency: ``(S, S)`` float32 signed map for ``finding`` (None when withheld); positive = evidence for it.
         retrieved: top reports ``(similarity, name, report)``. issues: failed input checks.
         ood_distance: Mahalanobis distance of the latent to the reference (None without a reference).
+        withheld: predictions, saliency and reports were withheld because a check failed.
     """
 
     view: np.ndarray
@@ -361,7 +363,6 @@ class RadiographResult:
     saliency: np.ndarray | None
     retrieved: list[tuple[float, str, str]]
     issues: list[Issue]
-    notes: list[str] = field(default_factory=list)
     ood_distance: float | None = None
     withheld: bool = False
 
