@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("x2ctclip.train.cmd_make_synthetic", "write synthetic chest CT studies in the CT-RATE layout"),
     "train": ("x2ctclip.train.cmd_train", "train a stage: ctclip (CT + report towers) or x2ct (CXR tower, X2CT-CLIP)"),
     "quickstart": ("x2ctclip.train.cmd_quickstart", "synthetic data -> CT-CLIP -> X2CT-CLIP -> evaluation, in one command"),
+    "evaluate": ("x2ctclip.train.cmd_evaluate", "evaluate a model: zeroshot | retrieval | calibrate | all"),
+    "fewshot": ("x2ctclip.train.cmd_fewshot", "linear probe / LoRA on stratified fractions of the training labels"),
 }
 
 
