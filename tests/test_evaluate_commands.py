@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from scripts.eval_fixtures import make_model, make_preprocessed
+from transformers import AutoModelForImageClassification
 
 from x2ctclip import CT_RATE_FINDINGS, X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, load_report_tokenizer
@@ -204,12 +205,12 @@ def test_classifier_folder_on_an_external_collection(inputs, tmp_path):
     images = tmp_path / "external"
     images.mkdir()
     mimic = ["Emphysema", "Atelectasis", "Hiatal hernia"]
-    lines = ["dicom_id,path," + ",".join(f.lower() for f in mimic)]
-    for i, (cxr, labels) in enumerate(zip(rows["cxr"], rows["labels"])):
+    lines = ["dicom_id,path,report," + ",".join(f.lower() for f in mimic)]
+    for i, (cxr, labels, report) in enumerate(zip(rows["cxr"], rows["labels"], rows["report"])):
         Image.fromarray(np.asarray(cxr)).save(images / f"{i}.png")
         values = [str(int(labels[CT_RATE_FINDINGS.index(f)])) for f in mimic]
         values[0] = "" if i == 3 else values[0]  # one unannotated case
-        lines.append(f"case{i},{i}.png," + ",".join(values))
+        lines.append(f"case{i},{i}.png,{report}," + ",".join(values))
     (images / "labels.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     code = main(["evaluate", "zeroshot", "--model", str(folder), "--external", str(images), "--mapping", "mimic-ct",
@@ -233,6 +234,23 @@ def test_classifier_folder_on_an_external_collection(inputs, tmp_path):
     from x2ctclip.train.metrics import roc_auc
 
     assert findings["Atelectasis"]["auroc"] == pytest.approx(roc_auc(labels[:, j], probs[:, j]), abs=1e-6)
+
+    # Calibrating the classifier folder: predict() of the reloaded model applies what the command fitted.
+    assert main(["evaluate", "calibrate", "--model", str(folder), "--data", str(inputs["data"]), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert not (folder / "calibration.json").exists()  # the demo file is for zero-shot models only
+    calibrated = AutoModelForImageClassification.from_pretrained(folder).eval()
+    calibrator = Calibrator.from_dict(calibrated.config.calibration)
+    prediction = calibrated.predict(pixels["pixel_values"])
+    torch.testing.assert_close(prediction.probabilities, calibrator.transform(prediction.logits), atol=1e-6, rtol=0)
+    assert calibrator.method == "temperature" and calibrator.threshold_method == "youden"
+
+    # The report column of the collection gives CXR <-> report retrieval with a model that has a report tower.
+    assert main(["evaluate", "retrieval", "--model", str(inputs["a"]), "--external", str(images), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    retrieval = json.loads((out / "retrieval_external-external.json").read_text())
+    assert list(retrieval["results"][0]["directions"]) == ["CXR->report", "report->CXR"]
+    assert retrieval["map_at"] == [] and "MAP@K is not computed" in " ".join(retrieval["notes"])
 
 
 def test_user_errors_exit_with_a_message(inputs, capsys, tmp_path):

@@ -241,3 +241,34 @@ def test_fewshot_command_errors(fewshot_inputs, capsys):
     assert "no preprocessed split 'valid'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--fractions", "1.5"])
+
+
+class _ArrayRows:
+    def __init__(self, images):
+        self.images = images
+
+    def take(self, rows):
+        return [self.images[int(r)] for r in rows]
+
+
+def test_lora_on_a_swin_tower_trains_only_adapters_and_head():
+    from x2ctclip.processors import X2CTCLIPImageProcessor
+
+    torch.manual_seed(0)
+    classifier = X2CTCLIPForAbnormalityClassification(tiny_config(towers=["cxr"]))
+    rng = np.random.default_rng(0)
+    images = _ArrayRows([(rng.random((32, 32)) * 255).astype(np.uint8) for _ in range(8)])
+    labels = (rng.random((8, 18)) < 0.5).astype(float)
+    head = classifier.classifier.weight.detach().clone()
+    # Hold-out = training rows: one epoch surely lowers its loss, so the trained state is the one kept.
+    peft_model, result = train_lora(classifier, X2CTCLIPImageProcessor(size=32, crop_size=32), images, labels,
+                                    np.arange(8), np.arange(8), LoraTrainConfig(max_epochs=1, batch_size=4,
+                                                                                learning_rate=1e-2))  # fmt: skip
+    assert result.best_epoch == 1
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert any("q_proj.lora_A" in n for n in trainable) and any("classifier.modules_to_save" in n for n in trainable)
+    assert result.trainable_parameters == sum(p.numel() for n, p in peft_model.named_parameters() if n in trainable)
+    trained_head = peft_model.base_model.model.classifier.modules_to_save["default"].weight
+    assert not torch.equal(trained_head, head)  # the head trained
+    assert torch.equal(peft_model.base_model.model.classifier.original_module.weight, head)  # the original is kept

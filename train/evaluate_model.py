@@ -763,6 +763,8 @@ def evaluate_retrieval(
         if query not in latents or gallery not in latents:
             continue
         same = query == gallery
+        if same and not labelled:
+            continue  # own item left out and no labels: neither Recall@K nor MAP@K is defined
         result = retrieval_metrics(latents[query], latents[gallery], query_labels, recall_at=recall_at,
                                    map_at=map_at if labelled else (), exclude_self=same, normalize=False)  # fmt: skip
         results[f"{names[query]}->{names[gallery]}"] = result.to_dict()

@@ -15,9 +15,10 @@ Protocol (X2CT-CLIP's, for the linear probe):
   in older transformers) or on the convolutions of the residual blocks (ResNet: ``layer.N.convolution``; stem and
   shortcut convolutions excluded), see :func:`lora_target_modules`; the classification head is trained too
   (``modules_to_save=["classifier"]``) and starts from the linear probe of the same subset (LP-FT, Kumar et al. 2022,
-  so the adapters do not start from a random head). Batch-norm statistics stay frozen (the adapters are all that is
-  saved, so the base model must not change). Defaults: rank 8, alpha 16, dropout 0.1, AdamW 5e-4, batch 32, up to 20
-  epochs, patience 5.
+  so the adapters do not start from a random head); early stopping on the hold-out loss counts that start as epoch
+  0, so a run never ends worse on the hold-out than its linear probe. Batch-norm statistics stay frozen (the adapters
+  are all that is saved, so the base model must not change). Defaults: rank 8, alpha 16, dropout 0.1, AdamW 5e-4,
+  batch 32, up to 20 epochs, patience 5.
 - **Metrics** on the evaluation split (default ``test``): AUROC macro / micro / weighted, average precision, F1 /
   precision / recall at 0.5 (:func:`x2ctclip.train.metrics.classification_report`), per seed; mean +- sd over seeds.
   The zero-shot AUROC of the same model (prompt pairs of its config) is the flat baseline.
@@ -292,6 +293,8 @@ class LoraTrainConfig:
 
 @dataclass
 class LoraResult:
+    """``best_epoch`` 0 means no epoch improved on the starting point (the adapters are then the identity)."""
+
     best_epoch: int
     epochs: int
     best_valid_loss: float
@@ -389,7 +392,13 @@ def train_lora(classifier: nn.Module, image_processor: Any, images: Any, labels:
     def state():
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
 
-    best = (math.inf, 0, state())
+    def valid_loss() -> float:
+        logits = _peft_logits(peft_model, image_processor, images, valid_rows, config.batch_size, device)
+        return float(_masked_bce(logits, valid_y))
+
+    # Epoch 0 is the starting point (LoRA's B matrices are zero: the base model with the initial head), so the
+    # adapters are only kept when they improve on it.
+    best = (valid_loss(), 0, state())
     losses, since = [], 0
     bar = tqdm(range(1, config.max_epochs + 1), desc="LoRA", unit="epoch", disable=progress is False, leave=False)
     for epoch in bar:
@@ -403,8 +412,7 @@ def train_lora(classifier: nn.Module, image_processor: Any, images: Any, labels:
             optimizer.zero_grad(set_to_none=True)
             peft_model(pixel_values=pixel_values, labels=y[rows].to(device), return_dict=True).loss.backward()
             optimizer.step()
-        loss = float(_masked_bce(_peft_logits(peft_model, image_processor, images, valid_rows, config.batch_size,
-                                              device), valid_y))  # fmt: skip
+        loss = valid_loss()
         losses.append(loss)
         bar.set_postfix(valid_loss=f"{loss:.4f}")
         if loss < best[0] - 1e-7:
