@@ -65,22 +65,29 @@ class _CTRows(Dataset):
         self.stage = stage
 
     def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
         from .augment import sample_rng
         from .data import ct_values_from_ct
 
-        index, epoch, position = (int(k) for k in key)
         stage = self.stage
-        item = {"ct_values": ct_values_from_ct(np.asarray(stage.rows[index]["ct"]))}
-        # Text of this row: its report, or (with probability prompt_text_fraction) its label prompt sentence.
-        fraction = stage.config.prompt_text_fraction
-        use_prompt = fraction > 0 and sample_rng(stage.config.seed, epoch, position, 1).random() < fraction
-        text = stage.prompt_index[index] if use_prompt else stage.report_index[index]
-        if stage.cached_text:
-            item["text_features"] = stage.text_features[text]
-        else:
-            item["input_ids"] = stage.input_ids[text]
-            item["attention_mask"] = stage.attention_mask[text]
-        return item
+        indices = [int(k[0]) for k in keys]
+        volumes = stage.rows[indices]["ct"]  # one Arrow read for the micro-batch
+        items = []
+        for (index, epoch, position), volume in zip(keys, volumes):
+            item = {"ct_values": ct_values_from_ct(np.asarray(volume))}
+            # Text of this row: its report, or (with probability prompt_text_fraction) its label prompt sentence.
+            fraction = stage.config.prompt_text_fraction
+            use_prompt = fraction > 0 and sample_rng(stage.config.seed, epoch, position, 1).random() < fraction
+            text = stage.prompt_index[index] if use_prompt else stage.report_index[index]
+            if stage.cached_text:
+                item["text_features"] = stage.text_features[text]
+            else:
+                item["input_ids"] = stage.input_ids[text]
+                item["attention_mask"] = stage.attention_mask[text]
+            items.append(item)
+        return items
 
 
 def label_prompt_text(labels, findings, templates, rng: np.random.Generator, n_negatives: int = 3) -> str:

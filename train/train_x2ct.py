@@ -40,16 +40,20 @@ class _CXRRows(Dataset):
         self.stage = stage
 
     def __getitem__(self, key):
-        index, epoch, position = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
         stage = self.stage
-        cxr = np.asarray(stage.rows[int(index)]["cxr"])
-        rng = sample_rng(stage.config.seed, epoch, position)
-        cache_row = stage.cache_index[int(index)]
-        return {
-            "pixel_values": stage.augmentation(cxr, rng),
-            "ct_embeds": stage.ct_embeds[cache_row],
-            "text_embeds": stage.text_embeds[cache_row],
-        }
+        images = stage.rows[[int(k[0]) for k in keys]]["cxr"]  # one Arrow read for the micro-batch
+        items = []
+        for (index, epoch, position), cxr in zip(keys, images):
+            cache_row = stage.cache_index[int(index)]
+            items.append({
+                "pixel_values": stage.augmentation(np.asarray(cxr), sample_rng(stage.config.seed, epoch, position)),
+                "ct_embeds": stage.ct_embeds[cache_row],
+                "text_embeds": stage.text_embeds[cache_row],
+            })
+        return items
 
 
 def _cache_rows(cache_names: list[str], names: list[str], cache_dir: str, split: str) -> np.ndarray:

@@ -209,13 +209,19 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
 
 class _KeyedDataset(Dataset):
-    """Wraps the stage's data set so that the DataLoader fetches keys, not integers."""
+    """Wraps the stage's data set so that the DataLoader fetches keys, not integers (a whole micro-batch at once
+    through ``__getitems__`` when the stage's data set has it: one Arrow read instead of one per row)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
 
     def __getitem__(self, key):
         return self.dataset[key]
+
+    def __getitems__(self, keys):
+        if hasattr(self.dataset, "__getitems__"):
+            return self.dataset.__getitems__(keys)
+        return [self.dataset[k] for k in keys]
 
 
 # ----------------------------------------------------------------------------------------------------- logging
@@ -363,7 +369,7 @@ class Trainer:
     def _probe_unused_parameters(self, module: nn.Module, sampler_batch, dataset, device) -> list[str]:
         """Names of trainable parameters that get no gradient from one forward/backward on a real batch."""
         with torch.random.fork_rng(devices=[]):
-            batch = _to_device(self.stage.collate([dataset[k] for k in sampler_batch]), device)
+            batch = _to_device(self.stage.collate(dataset.__getitems__(sampler_batch)), device)
             output = module(**batch, return_loss=True)
             output.loss.backward()
         unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
