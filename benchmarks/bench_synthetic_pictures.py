@@ -37,6 +37,11 @@ WINDOW = {
 }
 
 
+# Findings small enough that the slices should go through their strongest voxel, not their centre of mass.
+FOCAL = {"Medical material", "Arterial wall calcification", "Coronary artery wall calcification", "Lung nodule",
+         "Lymphadenopathy", "Hiatal hernia"}
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -73,8 +78,12 @@ def figure(name: str, study, normal, out: Path) -> None:
     sz, sy, sx = study.spacings[0]
     diff = np.abs(vol - ref) if vol.shape == ref.shape else np.zeros_like(vol)
     diff[diff < 60] = 0  # ignore noise
+    focal = name in FOCAL
     if diff.sum() == 0:
         k, j = vol.shape[0] // 2, vol.shape[1] // 2
+    elif focal:
+        # Small findings: the slices through the strongest change.
+        k, j, _ = np.unravel_index(int(np.argmax(diff)), diff.shape)
     else:
         # The diff-weighted mean slice: the middle of the finding (argmax would pick e.g. the base of an effusion).
         wz, wy = diff.sum(axis=(1, 2)), diff.sum(axis=(0, 2))

@@ -29,11 +29,11 @@ TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 
 
 def generated_reports(n: int, seed: int = 0):
-    from x2ctclip.train.synthetic import plan_study
+    from x2ctclip.train.synthetic import _split_scans, plan_study
 
     texts, labels = [], []
-    for i in range(n):
-        p = plan_study(seed, "train", i + 1, 0, (32, 48, 48))
+    for patient, scan in _split_scans(seed, "train", n):  # patients and follow-up scans as in the data set
+        p = plan_study(seed, "train", patient, scan, (32, 48, 48))
         texts.append(p["report"]["Findings_EN"] + " " + p["report"]["Impressions_EN"])
         labels.append(p["labels"])
     return texts, np.asarray(labels)

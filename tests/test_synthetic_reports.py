@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
-from x2ctclip.train.synthetic import plan_study
+from x2ctclip.train.synthetic import _split_scans, plan_study
 from x2ctclip.train.synthetic_reports import NOT_GIVEN
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -50,13 +50,14 @@ NEGATION = {
     "Cardiomegaly": r"normal size and contour|within normal limits|"
                     r"cardiac size is normal|appear natural",
     "Lymphadenopathy": r"no enlarged lymph|no mediastinal or hilar lymph|no pathologically enlarged|not observed in "
-                       r"the mediastinum|no lymphadenopathy|does not reach pathological|below pathological",
+                       r"the mediastinum|no lymphadenopathy|does not reach pathological|below pathological|"
+                       r"no lymph nodes of pathological size|no lap of pathological size|less than 10 mm",
     "Hiatal hernia": r"esophag",
 }
 
 
-def _report(i: int, labels=None, seed: int = 0) -> tuple[dict, np.ndarray, dict]:
-    p = plan_study(seed, "train", i + 1, 0, (32, 48, 48), labels=labels)
+def _report(i: int, labels=None, seed: int = 0, scan: int = 0) -> tuple[dict, np.ndarray, dict]:
+    p = plan_study(seed, "train", i + 1, scan, (32, 48, 48), labels=labels)
     return p["report"], p["labels"], p["details"]
 
 
@@ -66,7 +67,8 @@ def _text(report: dict) -> str:
 
 @pytest.fixture(scope="module")
 def reports():
-    return [_report(i) for i in range(250)]
+    """Reports of 200 scans as the data set lays them out (about 15 % are follow-up scans 'b')."""
+    return [_report(patient - 1, scan=scan) for patient, scan in _split_scans(0, "train", 200)]
 
 
 NEGATED = re.compile(r"\bno\b|\bnot\b|\bwithout\b|free of")
@@ -123,6 +125,11 @@ def test_wording_varies_and_fields_follow_ct_rate(reports):
 def test_reports_are_deterministic():
     assert _report(3)[0] == _report(3)[0]
     assert _report(3)[0] != _report(3, seed=1)[0]
+
+
+def test_follow_up_scans_compare_with_the_previous_examination():
+    text = _report(3, scan=1)[0]["Findings_EN"].lower()
+    assert "previous" in text and "previous" not in _report(3)[0]["Findings_EN"].lower()
 
 
 def _sentences(text: str) -> list[str]:

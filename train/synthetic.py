@@ -173,7 +173,7 @@ def plan_study(seed: int, split: str, patient: int, scan: int, shape, *, spacing
     else:
         labels = findings.as_label_vector(labels)
     details = findings.plan_findings(r_find, labels, plan)
-    report = make_report(r_report, labels, details, person)
+    report = make_report(r_report, labels, details, person, follow_up=scan > 0)
     return {"patient": person, "plan": plan, "grid": grid, "labels": labels, "details": details,
             "report": report, "scanner": scanner, "render_rng": r_render, "scan": scan}
 
@@ -202,7 +202,7 @@ def make_study(seed: int = 0, shape=DEFAULT_SHAPE, *, spacing=None, labels=None,
     del chest
 
     manufacturer, model, intercept, _ = p["scanner"]
-    noise_sd = 42.0 * (1.0 + 0.35 * max(p["patient"].habitus, 0.0))  # before the blur; ~12-16 HU after it
+    noise_sd = 55.0 * (1.0 + 0.35 * max(p["patient"].habitus, 0.0))  # before the blur; ~15-20 HU after it
     padding = -2048.0 if manufacturer == "SIEMENS" else (-3024.0 if manufacturer == "TOSHIBA" else None)
     volumes, spacings, meta = [], [], []
     for r in range(n_recons):

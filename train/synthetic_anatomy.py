@@ -40,7 +40,7 @@ HU_SPLEEN = 48.0
 HU_KIDNEY = 32.0
 HU_FLUID = 12.0
 HU_CARTILAGE = 120.0
-HU_LUNG = -860.0
+HU_LUNG = -885.0
 
 LOBES = ("right upper", "right middle", "right lower", "left upper", "left lower")
 
@@ -385,11 +385,11 @@ def plan_chest(rng: np.random.Generator, patient: Patient) -> ChestPlan:
     body_b_ant = (112.0 if male else 104.0) * (1 + 0.13 * h) + jit(4)
     body_b_post = body_b_ant * 0.98
     fat = max(4.0, (10.0 if male else 14.0) + 11.0 * h + jit(2))
-    muscle = (12.0 if male else 9.0) * (1 - 0.004 * max(0, patient.age - 40)) + jit(1)
-    wall = fat + muscle + 11.0  # fat, muscle, ribs and intercostal muscles
+    muscle = (6.0 if male else 5.0) * (1 - 0.004 * max(0, patient.age - 40)) + jit(1)
+    wall = fat + muscle + 7.0  # fat, muscle, ribs and intercostal muscles
     cav_a = body_a - wall
-    cav_y_ant = -body_b_ant + wall + 4.0
-    cav_y_post = body_b_post - fat - 20.0
+    cav_y_ant = -body_b_ant + wall + 2.0
+    cav_y_post = body_b_post - fat - 14.0
     # Landmarks along z (apex at 0), scaled by the patient's height.
     z_dome_right = -(178.0 + jit(10)) * s
     z_dome_left = z_dome_right - (14.0 + jit(4))
@@ -648,7 +648,7 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
     # Thoracic cavity (inside ribs and intercostal muscles), minus the spine and paraspinal muscles.
     cav_a, yc, cav_b = plan.cavity(z)
     r_cav = (x / cav_a) ** 2 + ((y - yc) / cav_b) ** 2
-    spine_excl = ((x / (plan.vertebra_r + 16.0)) ** 2 + ((y - plan.spine_y - 22.0) / 42.0) ** 2) <= 1.0
+    spine_excl = ((x / (plan.vertebra_r + 10.0)) ** 2 + ((y - plan.spine_y - 18.0) / 36.0) ** 2) <= 1.0
     cavity = (r_cav <= 1.0) & ~spine_excl & (z < plan.z_apex + 25.0)
     hu[cavity] = P["fat"] + 10.0  # mediastinal / extrapleural fat, overwritten by lungs and organs
 
@@ -673,7 +673,7 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
 
     # Lung parenchyma: denser posteriorly (gravity-dependent perfusion in a supine patient).
     in_lung = lung > 0
-    gradient = (55.0 * (y - plan.cav_y_ant) / (plan.cav_y_post - plan.cav_y_ant)).astype(np.float32)
+    gradient = (45.0 * (y - plan.cav_y_ant) / (plan.cav_y_post - plan.cav_y_ant)).astype(np.float32)
     hu[in_lung] = (P["lung"] + np.broadcast_to(gradient, grid.shape))[in_lung]
     for hook in lung_hooks:
         hook(chest)
@@ -719,7 +719,7 @@ def _render_abdomen(chest: RenderedChest, rng: np.random.Generator, abdomen: np.
     plan, grid, hu = chest.plan, chest.grid, chest.hu
     P = plan.hu
     z, y, x = grid.z, grid.y, grid.x
-    hu[abdomen] = P["fat"] + 60.0  # mixed fat and bowel
+    hu[abdomen] = P["fat"] + 30.0  # mixed fat and bowel
     dome_r = plan.dome("right", x[0], y[0])[None]
     liver = abdomen & (x < 35.0 - 0.6 * (y - plan.cav_y_ant)) & (z < dome_r - 4.0) & (
         z > plan.z_recess - 60.0 - 0.3 * (x + plan.cav_a))

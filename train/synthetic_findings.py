@@ -235,7 +235,7 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
             ["aortic arch"] if rng.random() < 0.5 else ["ascending aorta", "aortic arch", "descending aorta"])
         details["Arterial wall calcification"] = {"sites": sites, "n_plaques": int(rng.integers(4, 20))}
     if "Coronary artery wall calcification" in positive:
-        vessels = sorted(set(rng.choice(["LAD", "LAD", "LCx", "RCA"], size=int(rng.integers(1, 4)))),
+        vessels = sorted({str(v) for v in rng.choice(["LAD", "LAD", "LCx", "RCA"], size=int(rng.integers(1, 4)))},
                          key=["LAD", "LCx", "RCA"].index)
         details["Coronary artery wall calcification"] = {"vessels": vessels, "n_spots": int(rng.integers(2, 9))}
     if "Medical material" in positive:
@@ -454,8 +454,8 @@ def _consolidation(chest: RenderedChest, rng, info: dict) -> None:
     occ = np.zeros(grid.shape, dtype=np.float32)
     centers = [_lung_points(chest, rng, 1, weight=wt, lobe=lobe) for lobe in info["area_lobes"]]
     for c in (c[0] for c in centers if len(c)):
-        r = float(rng.uniform(35.0, 60.0))  # segmental to lobar
-        placed = _noise_blob(grid, rng, ellipsoid_fraction(grid, c, (r, r * 0.9, r * 0.8)), threshold=-0.9,
+        r = float(rng.uniform(40.0, 75.0))  # segmental to lobar; the fissures below cut it to the lobe
+        placed = _noise_blob(grid, rng, ellipsoid_fraction(grid, c, (r, r * 0.9, r * 0.85)), threshold=-1.0,
                              sigma_mm=12.0)
         if placed is None:
             continue

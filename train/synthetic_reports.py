@@ -85,6 +85,9 @@ def _trachea(w: _Writer) -> list[str]:
         "The lumens of the trachea and both main bronchi are clear.",
         "Trachea and both main bronchi have a normal calibre and are open.",
         "No obstructing lesion is present in the trachea or the main bronchi.",
+        "Both main bronchi and the trachea are open, and their lumen shows no occlusive lesion.",
+        "The tracheal lumen and both main bronchi are natural; no obstructive pathology is distinguishable.",
+        "The trachea and both main bronchi were open, and no lesion filling their lumen was seen.",
     )]
 
 
@@ -98,6 +101,7 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
             "Heart size is increased.",
             "The cardiothoracic index is increased in favour of cardiomegaly.",
             f"There is an increase in heart size, cardiothoracic ratio {ctr:.2f}.",
+            f"The heart appears enlarged beyond normal limits; the CTR measured approximately {ctr:.2f}.",
         ))
     else:
         out.append(w.pick(
@@ -106,6 +110,7 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
             "Heart contour and dimensions are within normal limits.",
             "Cardiac size is normal.",
             "The heart and mediastinal vascular structures appear natural.",
+            "Heart compartments have a natural appearance; the CTR is within normal limits.",
         ))
     if "Pericardial effusion" in pos:
         t = d["Pericardial effusion"]["thickness_mm"]
@@ -164,12 +169,17 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
         "Diameters of the main mediastinal vascular structures are normal.",
         "The ascending aorta and the main pulmonary artery have normal widths.",
         "Mediastinal main vascular structures have normal calibre.",
+        "Major mediastinal vessels are of normal width; no aneurysmatic dilatation is seen.",
+        f"The main pulmonary artery diameter is approximately {int(w.rng.integers(22, 29))} mm, within normal limits.",
     ))
     if w.chance(0.3):
         out.append(w.pick(
             "Since the examination was performed without contrast, mediastinal structures are evaluated suboptimally.",
             "Evaluation of the mediastinum is limited in this non-contrast study.",
             "Mediastinal vascular structures cannot be assessed optimally without intravenous contrast.",
+            "Because the examination is unenhanced, the vascular structures could be evaluated only suboptimally.",
+            "Since intravenous contrast was not given, the mediastinal fatty planes and vascular structures were "
+            "evaluated suboptimally.",
         ))
     return w.shuffle(out[:2]) + out[2:]
 
@@ -197,6 +207,8 @@ def _medical_material(w: _Writer, items: list[str]) -> list[str]:
             out.append(w.pick(
                 "A port catheter is present in the right anterior chest wall, its tip in the superior vena cava.",
                 "There is a central venous port catheter extending to the superior vena cava-right atrium junction.",
+                "A central venous catheter with a subcutaneous port is seen; its tip is located in the distal "
+                "superior vena cava.",
                 "A catheter is seen extending from the subclavian vein to the distal superior vena cava, with its "
                 "reservoir in the chest wall.",
             ))
@@ -205,6 +217,7 @@ def _medical_material(w: _Writer, items: list[str]) -> list[str]:
                 "Metallic surgical clips are present in the mediastinum.",
                 "Surgical clip materials are noted, compatible with previous surgery.",
                 "There are postoperative metallic clips and suture materials.",
+                "Metallic clips secondary to the operation are seen in the operated area.",
             ))
         elif item == "stent":
             out.append(w.pick(
@@ -238,6 +251,9 @@ def _lymph_nodes(w: _Writer, pos: set, d: dict) -> list[str]:
                                         else "."),
             f"Pathologically enlarged lymph nodes are seen in the {where} station"
             f"{'s' if len(nodes) > 1 else ''} (largest short diameter {big['short_axis_mm']} mm).",
+            f"Mediastinal LAP{'s' if len(nodes) > 1 else ''} in the {where} area"
+            f"{'s' if len(nodes) > 1 else ''}; the largest short-axis diameter is approximately "
+            f"{big['short_axis_mm']} mm.",
         )
         out = [first]
         if w.chance(0.3):
@@ -257,6 +273,9 @@ def _lymph_nodes(w: _Writer, pos: set, d: dict) -> list[str]:
         "No pathologically enlarged mediastinal, hilar or axillary lymph nodes are present.",
         "Lymph nodes of pathological size and appearance are not observed in the mediastinum or hila.",
         "No lymphadenopathy is detected in the mediastinum.",
+        "No LAP of pathological size is seen in the mediastinum, hila, supraclavicular fossae or axillae.",
+        "Short-axis diameters of the mediastinal and hilar lymph nodes are less than 10 mm.",
+        "No lymph nodes of pathological size were seen in the pre- and paratracheal, subcarinal or hilar regions.",
     )]
 
 
@@ -274,6 +293,8 @@ def _esophagus(w: _Writer, pos: set, d: dict) -> list[str]:
         "Esophageal calibration is normal and no wall thickening is present.",
         "No pathological wall thickness increase is seen in the esophagus.",
         "The esophagus is unremarkable within the sections.",
+        "No tumoral or obstructive wall thickening is distinguishable in the thoracic esophagus.",
+        "The esophagus was of normal calibre at the level of the sections, without a filling defect.",
     )]
 
 
@@ -302,6 +323,8 @@ def _nodule_sentence(w: _Writer, nodules: list[dict]) -> list[str]:
         f"({w.lobe(big['lobe'])}).",
         f"Multiple {kind} nodules are seen in {where}, the largest of which is {mm} mm in {w.lobe(big['lobe'])}.",
         f"Nodules are present in {where}, measuring up to {mm} mm in diameter.",
+        f"Nonspecific nodules with smooth borders are seen in {where}; the largest, located in "
+        f"{w.lobe(big['lobe'], True)}, is {mm} mm.",
     )]
 
 
@@ -318,6 +341,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"There are {kind} emphysema areas in the {e['zones']} of both lungs.",
             f"{sev.capitalize()} emphysema of {kind} type is noted in both lungs.",
             "Both lungs show emphysematous changes" + (" with subpleural bullae." if "paraseptal" in kind else "."),
+            f"{sev.capitalize()} emphysema, especially in the {e['zones']}, is seen in both lungs.",
         ))
     if "Lung nodule" in pos:
         out.extend(_nodule_sentence(w, d["Lung nodule"]["nodules"]))
@@ -331,6 +355,8 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"Density increases in the form of ground glass are seen in {where}; an infectious process may be "
             "considered.",
             f"In {where}, peripheral ground-glass areas are noted.",
+            f"Focal and patchy ground-glass densities are seen in {where} (infective process? COVID-19 pneumonia "
+            "cannot be excluded).",
         ))
     if "Consolidation" in pos:
         c = d["Consolidation"]
@@ -340,6 +366,10 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"There is an area of consolidation containing air bronchograms in {where}.",
             f"Consolidative density increase is observed in {where}, compatible with pneumonic infiltration.",
             f"Consolidation areas are seen in {where}.",
+            f"Focal consolidations with air bronchograms are observed in {where}; pneumonia is the first "
+            "consideration.",
+            f"In {where}, consolidation was observed; in addition, air bronchograms were seen within it. These "
+            "findings were evaluated in favour of infection.",
         ))
     if "Atelectasis" in pos:
         a = d["Atelectasis"]
@@ -361,6 +391,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             out.append(w.pick(
                 "Passive atelectasis is seen in the lung parenchyma adjacent to the pleural effusion.",
                 "Compressive atelectasis is present next to the effusion.",
+                "The lung parenchyma adjacent to the effusion shows compression atelectasis.",
             ))
     if "Pulmonary fibrotic sequela" in pos:
         f = d["Pulmonary fibrotic sequela"]
@@ -377,6 +408,8 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"There are sequelae fibrotic bands and linear densities in {where}.",
             f"Parenchymal bands are observed in {where}.",
             f"Fibrotic sequelae changes are seen in {where}.",
+            f"Sequelae bands with slight volume loss are seen in {where}.",
+            f"Linear densities were seen in {where}; they were evaluated in favour of sequelae.",
         ))
     if "Mosaic attenuation pattern" in pos:
         m = d["Mosaic attenuation pattern"]
@@ -419,7 +452,12 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             "No mass, nodule or infiltrative lesion is present in either lung.",
             "Both lung parenchymas are normally aerated without nodular or infiltrative lesions.",
             "The lung parenchyma is clear; no nodule, consolidation or ground-glass opacity is seen.",
+            "No focal or diffuse infiltration, mass or nodule is distinguishable in either lung.",
+            "Both lungs were normally aerated; no nodule or infiltration that could be considered pathological was "
+            "found.",
         ))
+        if w.chance(0.3):
+            out.append(w.pick("There is no pneumothorax.", "The fissures are in their normal position."))
     else:
         out = w.shuffle(out)
         if "Lung nodule" not in pos and w.chance(0.5):
@@ -427,7 +465,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
         if not pos & {"Lung opacity", "Consolidation"} and w.chance(0.4):
             out.append(w.pick("There is no consolidation or infiltration.", "No active infiltration is present."))
     intro = w.pick("On lung window evaluation:", "In the evaluation of the lung parenchyma;",
-                   "Lung parenchyma window:", "")
+                   "Lung parenchyma window:", "When the lung window was examined:", "")
     return ([intro] if intro else []) + out
 
 
@@ -451,6 +489,8 @@ def _pleura(w: _Writer, pos: set, d: dict) -> list[str]:
             f"There is a {s} pleural effusion measuring {t} mm in thickness.",
             f"{amount} {s}-sided pleural effusion reaching {t} mm is seen.",
             f"Pleural effusion in the {s} hemithorax, with a depth of {t} mm.",
+            f"Free pleural effusion reaching approximately {t / 10:.1f} cm at its thickest part is observed in the "
+            f"{s} hemithorax.",
         )]
     return [w.pick(
         "No pleural effusion or pleural thickening is seen.",
@@ -458,6 +498,7 @@ def _pleura(w: _Writer, pos: set, d: dict) -> list[str]:
         "Pleural effusion-thickening is not observed.",
         "Both pleural spaces are free of effusion.",
         "No pleural fluid is present.",
+        "No pleural effusion, thickening or pneumothorax is seen in either hemithorax.",
     )]
 
 
@@ -468,6 +509,11 @@ def _abdomen(w: _Writer, details: dict) -> list[str]:
         "No space-occupying lesion is seen in the liver within the sections.",
         "Both adrenal glands are of normal size and shape.",
         "Upper abdominal sections show no significant pathology.",
+        "As far as can be seen in the sections passing through the upper abdomen, the liver, spleen, pancreas and "
+        "both adrenal glands are natural.",
+        "No free fluid or collection is seen in the upper abdominal sections.",
+        "Both kidneys, partially entering the examination area, are natural.",
+        "No space-occupying lesion was found in the parts of the liver entering the cross-sectional area.",
     )]
     if w.chance(0.25):
         out.append(w.pick(
@@ -475,17 +521,28 @@ def _abdomen(w: _Writer, details: dict) -> list[str]:
             "A few millimetric hypodense lesions in the liver are too small to characterise (cysts?).",
             "A calculus is seen in the gallbladder.",
             "A small cortical cyst is noted in the upper pole of the left kidney.",
+            "The gallbladder and bile ducts are of normal calibre.",
+            "A hypodense cystic lesion with smooth borders, about 8 mm, is seen in the liver (simple cyst?).",
+            "A nodular thickening of the left adrenal gland is seen (adenoma?).",
+            "The liver is enlarged and its density is decreased in favour of fatty infiltration.",
         ))
     return out
 
 
 def _bones(w: _Writer, age: int) -> list[str]:
-    out = [w.pick(
+    out: list[str] = []
+    out += [w.pick(
         "Bone structures within the study area are normal.",
         "No lytic or destructive bone lesion is seen.",
         "Vertebral body heights are preserved.",
         "Bony structures in the sections appear natural.",
+        "Vertebral corpus heights and intervertebral disc distances are preserved.",
+        "No lytic or sclerotic lesion is distinguishable in the bones within the sections.",
     )]
+    if w.chance(0.2):
+        out.append(w.pick("The neural foramina appear open.", "The thyroid gland entering the sections is normal.",
+                          "Soft tissues of the chest wall, both breasts and axillae are natural.",
+                          "Mild scoliosis of the thoracic spine is seen."))
     if age > 55 and w.chance(0.6):
         out.append(w.pick(
             "Degenerative changes with osteophytes are seen in the thoracic vertebrae.",
@@ -549,7 +606,8 @@ CLINICAL = {
     "nodule": ("Follow-up of a pulmonary nodule.", "Nodule seen on a previous examination.", "Lung nodule follow-up."),
     "cardiac": ("Dyspnoea.", "Shortness of breath, known heart failure.", "Chest pain."),
     "other": ("Cough.", "Chest pain.", "Malignancy staging.", "Shortness of breath.", "Chronic cough.",
-              "Preoperative evaluation.", "Trauma."),
+              "Preoperative evaluation.", "Trauma.", "The patient has a history of breast ca; staging.",
+              "Evaluation for metastasis in a patient operated for colon ca.", "Weight loss."),
 }
 
 
@@ -577,13 +635,33 @@ def _technique(w: _Writer) -> str:
     )
 
 
-def make_report(rng: np.random.Generator, labels, details: dict, patient) -> dict[str, str]:
+def _comparison(w: _Writer, pos: set) -> list[str]:
+    """Sentences of a follow-up scan compared with the patient's previous examination."""
+    date = f"{int(w.rng.integers(1, 28)):02d}.{int(w.rng.integers(1, 13)):02d}.{int(w.rng.integers(2017, 2021))}"
+    out = [w.pick(f"The current examination was compared with the previous examination dated {date}.",
+                  f"Compared with the previous CT dated {date}:")]
+    if not pos:
+        out.append("No significant difference is seen.")
+    elif "Lung nodule" in pos and w.chance(0.6):
+        out.append(w.pick("The nodules are stable in size and number.", "The nodule shows no significant change."))
+    elif pos & {"Consolidation", "Lung opacity", "Pleural effusion"}:
+        out.append(w.pick("The parenchymal and pleural findings have newly developed.",
+                          "The findings have increased compared to the previous examination."))
+    else:
+        out.append(w.pick("The described findings show no significant interval change.",
+                          "The findings are similar to the previous study."))
+    return out
+
+
+def make_report(rng: np.random.Generator, labels, details: dict, patient, follow_up: bool = False
+                ) -> dict[str, str]:
     """A CT-RATE-style report for a study.
 
     Args:
         rng: the report's own generator (wording only).
         labels: ``(18,)`` 0/1 in canonical order. details: from :func:`x2ctclip.train.synthetic_findings.plan_findings`.
         patient: a :class:`x2ctclip.train.synthetic_anatomy.Patient` (age drives degenerative changes).
+        follow_up: the scan is a patient's second one: the report compares with the previous examination.
 
     Returns:
         ``{"ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"}``.
@@ -603,6 +681,8 @@ def make_report(rng: np.random.Generator, labels, details: dict, patient) -> dic
     # Trachea, mediastinum, nodes and oesophagus may trade places, as in real reports; lungs come after them.
     head = w.shuffle(sections[:4]) if w.chance(0.3) else sections[:4]
     findings_text = _join(s for sec in head + sections[4:] for s in sec)
+    if follow_up:
+        findings_text = _join(_comparison(w, pos)) + " " + findings_text
     return {
         "ClinicalInformation_EN": _clinical(w, pos),
         "Technique_EN": _technique(w),
