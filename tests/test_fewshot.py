@@ -65,6 +65,20 @@ def test_iterative_stratification_keeps_label_shares_better_than_random():
         iterative_stratification(labels, [0.5, 0.6])
 
 
+def test_iterative_stratification_is_as_balanced_as_the_iterstrat_package():
+    iterstrat = pytest.importorskip("iterstrat.ml_stratifiers")
+    labels = _labels(2000, seed=2)
+    ours, theirs = [], []
+    for seed in range(3):
+        fold = iterative_stratification(labels, [0.05, 0.95], seed)
+        assert (fold == 0).sum() == 100  # exact sizes
+        ours.append(np.abs(labels[fold == 0].sum(0) - 0.05 * labels.sum(0)).sum())
+        split = iterstrat.MultilabelStratifiedShuffleSplit(n_splits=1, train_size=100, test_size=1900, random_state=seed)
+        rows, _ = next(split.split(np.zeros(len(labels)), labels))
+        theirs.append(np.abs(labels[rows].sum(0) - 0.05 * labels.sum(0)).sum())
+    assert np.mean(ours) <= 1.5 * np.mean(theirs) + 1.0
+
+
 def test_fewshot_split_keeps_scans_together_and_holds_out_a_fifth():
     labels = np.repeat(_labels(100, seed=1), 2, axis=0)  # 100 scans, two reconstructions each
     groups = [f"scan{i // 2}" for i in range(200)]

@@ -74,18 +74,21 @@ HEADLINE = ("auroc_macro", "auroc_micro", "auroc_weighted", "average_precision_m
 
 
 # ---------------------------------------------------------------------------------------------------------- splits
-def iterative_stratification(labels: Any, proportions: Sequence[float], seed: int | np.random.Generator = 0) -> np.ndarray:
+def iterative_stratification(labels: Any, proportions: Sequence[float], seed: int | np.random.Generator = 0,
+                             exact_sizes: bool = True) -> np.ndarray:  # fmt: skip
     """Sechidis et al. (2011) iterative stratification of multi-label examples into folds of given proportions.
 
     Repeatedly takes the label with the fewest examples still to assign and gives each of its examples (in random
     order) to the fold that most lacks that label (ties: the fold that most lacks examples, then at random); examples
-    without any positive label go last to the folds that most lack examples. Fold sizes follow the proportions up to
-    a few examples.
+    without any positive label go last to the folds that most lack examples. The algorithm favours the label shares
+    over the fold sizes, which on small sets can miss the sizes by several examples; with ``exact_sizes`` the sizes
+    are then made exact (largest-remainder shares of ``n``) by moving the examples that disturb the label counts least.
 
     Args:
         labels: ``(n, n_labels)`` 0/1 (NaN counts as 0).
         proportions: one share per fold, summing to 1.
         seed: seed or NumPy generator.
+        exact_sizes: make the fold sizes exact (see above).
 
     Returns:
         ``(n,)`` fold index of every example.
@@ -124,6 +127,35 @@ def iterative_stratification(labels: Any, proportions: Sequence[float], seed: in
         j = pick(wanted)
         fold[i] = j
         wanted[j] -= 1
+    return _exact_sizes(y, fold, p) if exact_sizes else fold
+
+
+def _exact_sizes(y: np.ndarray, fold: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Move examples between folds until each has its largest-remainder share of ``len(y)``; each move takes, from an
+    over-full fold to an under-full one, the example whose move leaves the per-label counts closest to the wanted
+    ones (so the stratification is kept as far as the sizes allow)."""
+    n = len(y)
+    raw = p * n
+    target = np.floor(raw).astype(np.int64)
+    target[np.argsort(-(raw - target), kind="stable")[: n - target.sum()]] += 1
+    want = p[:, None] * y.sum(0)[None, :]
+    counts = np.stack([y[fold == k].sum(0) for k in range(len(p))]).astype(np.float64)
+    sizes = np.bincount(fold, minlength=len(p))
+    fold = fold.copy()
+    while (sizes != target).any():
+        src = int(np.argmax(sizes - target))
+        dst = int(np.argmin(sizes - target))
+        members = np.flatnonzero(fold == src)
+        yi = y[members].astype(np.float64)
+        # change of sum |counts - want| over the two folds if each member moved
+        cost = (np.abs(counts[src] - yi - want[src]).sum(1) + np.abs(counts[dst] + yi - want[dst]).sum(1)
+                - np.abs(counts[src] - want[src]).sum() - np.abs(counts[dst] - want[dst]).sum())  # fmt: skip
+        i = members[int(np.argmin(cost))]
+        fold[i] = dst
+        counts[src] -= y[i]
+        counts[dst] += y[i]
+        sizes[src] -= 1
+        sizes[dst] += 1
     return fold
 
 
