@@ -126,6 +126,8 @@ class X2CTCLIPConfig(PreTrainedConfig):
         cxr_projection_bias: bias in the CXR projection (CXR-CLIP: none).
         findings: names of the abnormalities the model classifies zero-shot, in label order.
         prompt_templates: zero-shot prompt pairs ``(positive, negative)`` with ``{}`` for the finding name.
+        calibration: per-finding calibration and operating thresholds fitted on a validation split
+            (``x2ctclip evaluate calibrate``; a ``Calibrator.to_dict()``), used by ``predict``. ``None``: uncalibrated.
     """
 
     model_type = "x2ctclip"
@@ -150,6 +152,7 @@ class X2CTCLIPConfig(PreTrainedConfig):
     cxr_projection_bias: bool = False
     findings: list[str] | None = None
     prompt_templates: list[list[str]] | None = None
+    calibration: dict | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
