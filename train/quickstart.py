@@ -89,15 +89,19 @@ PRESETS: dict[str, QuickstartPreset] = {
         n_train=800, n_valid=150, n_test=250,
         synthetic_shape=(40, 80, 80), ct_shape=(32, 64, 64), ct_spacing=(10.0, 6.0, 6.0),
         cxr_size=128, image_size=128,
-        ct_tower=dict(dim=64, codebook_size=16, patch_size=8, temporal_patch_size=4, spatial_depth=1,
+        # 16 x 16 x 8-voxel patches: a 4 x 4 x 4 token grid (8 x 8 x 4 patches cost 4x more and did not fit).
+        ct_tower=dict(dim=64, codebook_size=16, patch_size=16, temporal_patch_size=8, spatial_depth=1,
                       temporal_depth=1, heads=4, dim_head=16, use_vq=False),
         cxr_tower=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                        layer_type="basic"),
-        ctclip=dict(projection_dim=128, per_device_batch_size=64, num_epochs=30, learning_rate=1e-3,
+        # Chosen on the validation split (zero-shot macro AUROC from CT 0.65 with these; 0.63 with 15 epochs and
+        # half of the texts label sentences).
+        ctclip=dict(projection_dim=128, per_device_batch_size=64, num_epochs=20, learning_rate=1e-3,
                     weight_decay=0.1, warmup_steps=20, lr_scheduler="cosine", max_text_length=64,
                     text_truncation_side="left", prompt_text_fraction=0.3),
+        # One data-loading worker runs the augmentation while the main process runs the CXR tower.
         x2ct=dict(per_device_batch_size=64, num_epochs=20, learning_rate=1e-3, weight_decay=1e-4,
-                  warmup_steps=20, lr_scheduler="cosine"),
+                  warmup_steps=20, lr_scheduler="cosine", num_workers=1),
     ),
     "tiny": QuickstartPreset(
         n_train=24, n_valid=8, n_test=12,
@@ -270,11 +274,12 @@ def _plots(metrics: dict[str, Any], out: Path, runs: Path) -> list[str]:
     x = np.arange(len(CT_RATE_FINDINGS))
     for offset, (key, label) in zip((-0.27, 0.0, 0.27), (("x2ct", "X2CT-CLIP (CXR)"), ("cxr_only", "CXR-only CLIP (CXR)"),
                                                           ("ctclip_teacher", "CT-CLIP teacher (CT)"))):
-        ax.bar(x + offset, np.nan_to_num(np.asarray(m[key]["auroc"], dtype=float), nan=0.5), 0.27, label=label)
+        # Findings without both classes in the test split have no AUROC: no bar.
+        ax.bar(x + offset, np.asarray(m[key]["auroc"], dtype=float), 0.27, label=label)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(x, [n + (" *" if n in HARD_ON_PROJECTION else "") for n in CT_RATE_FINDINGS], rotation=60, ha="right",
                   fontsize=8)
-    ax.set_ylim(0.3, 1.0)
+    ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("zero-shot AUROC (test)")
     ax.set_title("Zero-shot AUROC per finding (* = hard on a projection)")
     ax.legend(fontsize=8)
@@ -470,6 +475,9 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(runs / "x2ct" / "model", tmp)
+    card = tmp / "README.md"
+    card.write_text(card.read_text() + "\n## Quickstart: held-out synthetic test split\n\n" + _results_markdown(metrics)
+                    .split("\n", 2)[2].split("\nTimings")[0] + "\n")
     _replace_dir(tmp, out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "results.md").write_text(_results_markdown(metrics))
