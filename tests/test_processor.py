@@ -119,10 +119,16 @@ def test_save_and_auto_processor_round_trip(tmp_path, inputs):
 
 _REMOTE_SCRIPT = textwrap.dedent(
     """
+    import importlib.abc
     import sys
 
-    # A user without x2ctclip: drop the editable-install finder that maps `x2ctclip` to the repository.
-    sys.meta_path[:] = [f for f in sys.meta_path if "x2ctclip" not in getattr(f, "__module__", "")]
+    # A user without x2ctclip, whether it is installed normally or in editable mode: refuse to import it.
+    class HideX2CTCLIP(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "x2ctclip" or name.startswith("x2ctclip."):
+                raise ModuleNotFoundError(f"x2ctclip is hidden in this test ({name})")
+
+    sys.meta_path.insert(0, HideX2CTCLIP())
     try:
         import x2ctclip  # noqa: F401
     except ModuleNotFoundError:
