@@ -109,8 +109,9 @@ def _model_summary(engine: DemoEngine) -> str:
                    else "no calibration (raw zero-shot probabilities)")  # fmt: skip
     gallery = f"{len(engine.gallery)} reports ({engine.gallery.source})" if engine.gallery else "none"
     reference = engine.reference.source if engine.reference else "none (no latent input check)"
-    return (f"**Model** `{engine.model_dir.name}` (towers: {towers}; {calibration}) · **report gallery**: {gallery} · "
-            f"**input-check reference**: {reference} · **limits**: {engine.limits.describe()}")  # fmt: skip
+    folder = engine.model_dir.resolve()
+    return (f"**Model** `{folder.parent.name}/{folder.name}` (towers: {towers}; {calibration}) · **report gallery**: "
+            f"{gallery} · **input-check reference**: {reference} · **limits**: {engine.limits.describe()}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
