@@ -111,7 +111,8 @@ def _model_summary(engine: DemoEngine) -> str:
     reference = engine.reference.source if engine.reference else "none (no latent input check)"
     folder = engine.model_dir.resolve()
     return (f"**Model** `{folder.parent.name}/{folder.name}` (towers: {towers}; {calibration}) · **report gallery**: "
-            f"{gallery} · **input-check reference**: {reference} · **limits**: {engine.limits.describe()}")  # fmt: skip
+            f"{gallery} · **input-check reference**: {reference} · **limits**: "
+            f"{engine.limits.describe()}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
@@ -128,7 +129,8 @@ class DemoHandlers:
         except InputError as error:
             raise gr.Error(str(error), title=f"Cannot analyse this {what}", print_exception=False) from None
         except MemoryError:
-            raise gr.Error(f"The {what} is too large to analyse in this server's memory.", print_exception=False) from None
+            message = f"The {what} is too large to analyse in this server's memory."
+            raise gr.Error(message, print_exception=False) from None
         except Exception as error:  # anything else is our bug: log it, answer politely, keep serving
             logger.exception("unexpected error while analysing a %s", what)
             raise gr.Error(
@@ -151,7 +153,8 @@ class DemoHandlers:
         if engine.gallery is None:
             lines.append("*No report gallery loaded (start the app with --gallery CSV for retrieval).*")
         return ("\n\n".join(x for x in lines if x), chart, view, overlay_saliency(result.view, result.saliency),
-                _probability_table([result.predictions], engine.findings), _reports_table(result.retrieved))  # fmt: skip
+                _probability_table([result.predictions], engine.findings),
+                _reports_table(result.retrieved))  # fmt: skip
 
     def saliency(self, file: Any, finding: str | None, show_anyway: bool):
         if file is None:  # the dropdown changed before any upload: nothing to update
@@ -195,13 +198,14 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
                     cxr_file = gr.File(
-                        label=f"Chest X-ray: PNG, JPEG or DICOM (MONOCHROME1 too), up to {limits.max_image_bytes / 1e6:g} "
-                        f"MB and {limits.max_image_pixels / 1e6:g} megapixels", elem_id="cxr_file",
+                        label=f"Chest X-ray: PNG, JPEG or DICOM (MONOCHROME1 too), up to "
+                        f"{limits.max_image_bytes / 1e6:g} MB and {limits.max_image_pixels / 1e6:g} megapixels",
+                        elem_id="cxr_file",
                     )  # fmt: skip
                     finding = gr.Dropdown(findings, value=default_finding, label="Finding for the saliency map",
                                           elem_id="finding")  # fmt: skip
-                    show_anyway = gr.Checkbox(False, label="Show predictions even when input checks fail (not reliable)",
-                                              elem_id="cxr_show_anyway")  # fmt: skip
+                    show_anyway = gr.Checkbox(False, label="Show predictions even when input checks fail (not "
+                                              "reliable)", elem_id="cxr_show_anyway")  # fmt: skip
                     analyse = gr.Button("Analyse", variant="primary", elem_id="cxr_analyse")
                     cxr_status = gr.Markdown(elem_id="cxr_status")
                 with gr.Column(scale=2):
@@ -231,7 +235,8 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
                 with gr.Column(scale=2):
                     with gr.Row():
                         sims = [gr.Image(label=f"Simulated radiograph: {MODE_TITLES[m]}", type="numpy",
-                                         format="png", interactive=False, elem_id=f"ct_sim_{m}") for m in SIMULATION_MODES]  # fmt: skip
+                                         format="png", interactive=False, elem_id=f"ct_sim_{m}")
+                            for m in SIMULATION_MODES]  # fmt: skip
             ct_chart = gr.Plot(label="Findings", format="png", elem_id="ct_chart")
             ct_table = gr.Dataframe(label="Probabilities", interactive=False, elem_id="ct_table")
             ct_reports = gr.Dataframe(label="Most similar reports in the gallery", interactive=False, wrap=True,

@@ -436,6 +436,12 @@ class DemoEngine:
         self.calibrators = self._load_calibration()
         self.gallery = self._load_gallery(gallery)
         self.reference = self._load_reference(reference_phantoms)
+        logger.info(
+            "loaded %s (towers %s) on %s; calibration: %s; gallery: %s; input-check reference: %s",
+            self.model_dir, ",".join(model.config.towers), self.device, ",".join(sorted(self.calibrators)) or "none",
+            f"{len(self.gallery)} reports" if self.gallery else "none",
+            f"{self.reference.n} latents, limit {self.reference.limit:.2f}" if self.reference else "none",
+        )
 
     # ------------------------------------------------------------------------------------------------ loading
     def _load_processor(self):
@@ -467,7 +473,8 @@ class DemoEngine:
             calibrator = Calibrator.from_dict(entry)
             if calibrator.n_findings != len(self.findings):
                 raise ValueError(
-                    f"{path}: the {tower} calibrator has {calibrator.n_findings} findings, the model {len(self.findings)}."
+                    f"{path}: the {tower} calibrator has {calibrator.n_findings} findings, the model "
+                    f"{len(self.findings)}."
                 )
             if calibrator.finding_names is not None and list(calibrator.finding_names) != self.findings:
                 raise ValueError(f"{path}: the {tower} calibrator's finding names differ from config.findings.")
@@ -486,7 +493,8 @@ class DemoEngine:
             loaded = ReportGallery(self.encode_reports(reports), reports, names, f"built from {path.name}")
         if loaded.embeds.shape[1] != self.model.config.projection_dim:
             raise ValueError(
-                f"{path}: gallery latents have width {loaded.embeds.shape[1]}, the model {self.model.config.projection_dim}."
+                f"{path}: gallery latents have width {loaded.embeds.shape[1]}, the model "
+                f"{self.model.config.projection_dim}."
             )
         return loaded
 
@@ -504,7 +512,8 @@ class DemoEngine:
                 tokens = self.processor(text=list(reports[start : start + batch_size]), padding="longest",
                                         max_length=max_length)  # fmt: skip
                 out = self.model.get_text_features(
-                    input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
                 )
                 chunks.append(F.normalize(out.pooler_output.float(), dim=-1).cpu())
         return torch.cat(chunks)
@@ -543,8 +552,8 @@ class DemoEngine:
         logits = out.logits[0].double().cpu().numpy()
         calibrator = self.calibrators.get(tower)
         if calibrator is None:
-            return Predictions(source, out.probabilities[0].double().cpu().numpy(), logits, False,
-                               "raw zero-shot probabilities (no calibration for this tower in the model folder)")  # fmt: skip
+            how = "raw zero-shot probabilities (no calibration for this tower in the model folder)"
+            return Predictions(source, out.probabilities[0].double().cpu().numpy(), logits, False, how)
         probabilities = np.asarray(calibrator.transform(logits[None]))[0]
         thresholds = np.asarray(calibrator.thresholds, dtype=np.float64) if calibrator.thresholds else None
         how = f"{calibrator.method} calibration"
@@ -724,7 +733,9 @@ class DemoEngine:
             result.retrieved = self.gallery.search(latent, top_k)
         return result
 
-    def saliency_for(self, path: Any, finding: str | None, show_anyway: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[Issue]]:
+    def saliency_for(
+        self, path: Any, finding: str | None, show_anyway: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, list[Issue]]:
         """Only the saliency of another finding: ``(view, map or None when withheld, issues)``."""
         finding = self.findings[self.finding_index(finding)]
         radiograph, issues = self.load_radiograph(path)
@@ -997,8 +1008,9 @@ def render_chart(predictions: Sequence[Predictions], findings: Sequence[str], un
         colours = ["#9e9e9e" if unreliable else (dark if p else light) for p in positive]
         ax.barh(y + offset, pred.probabilities, height=height * 0.92, color=colours,
                 hatch="//" if unreliable else None, edgecolor="white", linewidth=0.4)  # fmt: skip
+        state = "calibrated" if pred.calibrated else "uncalibrated"
         legend.append(Patch(facecolor="#9e9e9e" if unreliable else dark, hatch="//" if unreliable else None,
-                            label=f"{pred.source} ({'calibrated' if pred.calibrated else 'uncalibrated'})"))  # fmt: skip
+                            label=f"{pred.source} ({state})"))
         for i, t in enumerate(thresholds):
             if np.isfinite(t):
                 ax.plot([t, t], [i + offset - height / 2, i + offset + height / 2], color="black", lw=1.6,

@@ -197,7 +197,8 @@ def test_predict_in_a_real_browser(server, rg1, tmp_path):
             # A colour photo: a warning, no chart.
             photo = tmp_path / "photo.png"
             rng = np.random.default_rng(0)
-            Image.fromarray(np.kron(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8), np.ones((32, 32, 1), np.uint8))).save(photo)
+            blocks = rng.integers(0, 255, (8, 8, 3)).astype(np.uint8)
+            Image.fromarray(np.kron(blocks, np.ones((32, 32, 1), np.uint8))).save(photo)
             page.uncheck("#cxr_show_anyway input")
             page.click('#cxr_file button[aria-label="Clear"]')  # brings the upload area back
             page.wait_for_selector("#cxr_file >> text=RG1_UNCR.dcm", state="detached")

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -126,7 +125,9 @@ def chest_like_png(path: Path, size=(160, 150), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[:h, :w] / np.array([h, w])[:, None, None]
-    lungs = ((xx - 0.3) ** 2 / 0.03 + (yy - 0.5) ** 2 / 0.12 < 1) | ((xx - 0.7) ** 2 / 0.03 + (yy - 0.5) ** 2 / 0.12 < 1)
+    lungs = ((xx - 0.3) ** 2 / 0.03 + (yy - 0.5) ** 2 / 0.12 < 1) | (
+        (xx - 0.7) ** 2 / 0.03 + (yy - 0.5) ** 2 / 0.12 < 1
+    )
     image = np.where(lungs, 60, 200) + rng.integers(0, 20, size)
     return png(path, image.astype(np.uint8))
 
@@ -152,7 +153,8 @@ def write_dicom_series_zip(path: Path, hu: np.ndarray, spacing, body_part: str |
         for k in range(hu.shape[0]):
             ds = Dataset()
             ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = CTImageStorage, ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
             ds.SOPClassUID, ds.Modality = CTImageStorage, "CT"
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
