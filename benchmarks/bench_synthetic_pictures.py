@@ -42,6 +42,10 @@ FOCAL = {"Medical material", "Arterial wall calcification", "Coronary artery wal
          "Lymphadenopathy", "Hiatal hernia"}
 
 
+# Findings best shown on the axial slice where they are thickest.
+THICKEST = {"Pleural effusion", "Atelectasis"}
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -89,6 +93,8 @@ def figure(name: str, study, normal, out: Path) -> None:
         wz, wy = diff.sum(axis=(1, 2)), diff.sum(axis=(0, 2))
         k = int(round(float((wz * np.arange(len(wz))).sum() / wz.sum())))
         j = int(round(float((wy * np.arange(len(wy))).sum() / wy.sum())))
+        if name in THICKEST:
+            k = int(np.argmax(wz))
     level, width = WINDOW.get(name, LUNG)
     lo, hi = level - width / 2, level + width / 2
     fig, ax = plt.subplots(1, 4, figsize=(16, 4.6))

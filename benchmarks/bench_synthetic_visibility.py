@@ -4,10 +4,10 @@ Generates ``--n`` synthetic studies at a small shape, simulates the frontal CXR 
 projection, :func:`x2ctclip.processors.simulate_cxr`), and for every finding cross-validates the same simple
 classifier on both inputs:
 
-* features (one recipe for both, in 2-D or 3-D): the image downsampled (CXR 32 x 32 pixels; CT 16 x 24 x 24 voxels
-  of HU clipped to [-1000, 1000]) reduced by PCA to 40 components; a 48-bin intensity histogram; and
-  location-free statistics over the dark (lung-like), middle and bright parts of the image: intensity percentiles,
-  patchiness of the smoothed intensity, fine-texture energy and classic Hessian shape detectors at two scales
+* features (one recipe for both, in 2-D or 3-D): the image downsampled by block mean and by block maximum (CXR
+  32 x 32 pixels; CT 16 x 24 x 24 voxels of HU clipped to [-1000, 1000]) reduced by PCA to 40 components; a 48-bin intensity histogram; and
+  location-free statistics over the dark (lung-like), middle and bright parts of the image: intensity percentiles
+  and strongest values, patchiness of the smoothed intensity, fine-texture energy and classic Hessian shape detectors at two scales
   (bright blobs, bright plates/lines, dark blobs; see ``_describe``);
 * standardisation + L2 logistic regression (balanced classes), 5-fold cross-validated AUROC.
 
@@ -44,8 +44,18 @@ def _features(args):
     vol = study.volumes[0]
     cxr = simulate_cxr(vol, spacing=study.spacings[0], pixel_spacing_mm=None)  # [0, 1], (D, W)
     ct = np.clip(vol.astype(np.float32), -1000, 1000) / 1000.0
-    return (study.labels, _block_resize(cxr, (32, 32)).ravel(), _describe(cxr),
-            _block_resize(ct, (16, 24, 24)).ravel(), _describe(ct, full_range=vol))
+    # Mean- and max-pooled thumbnails: the max keeps small dense things (calcium, nodules) that a mean washes out.
+    cxr_small = np.concatenate([_block_resize(cxr, (32, 32)).ravel(), _max_pool(cxr, (32, 32)).ravel()])
+    ct_small = np.concatenate([_block_resize(ct, (16, 24, 24)).ravel(), _max_pool(ct, (16, 24, 24)).ravel()])
+    return study.labels, cxr_small, _describe(cxr), ct_small, _describe(ct, full_range=vol)
+
+
+def _max_pool(a: np.ndarray, out_shape) -> np.ndarray:
+    """Block maximum onto ``out_shape`` (blocks of equal integer size; the remainder is dropped)."""
+    blocks = [max(1, s // o) for s, o in zip(a.shape, out_shape)]
+    cut = a[tuple(slice(0, o * b) for o, b in zip(out_shape, blocks))]
+    shape = [v for o, b in zip(out_shape, blocks) for v in (o, b)]
+    return cut.reshape(shape).max(axis=tuple(range(1, 2 * len(out_shape), 2)))
 
 
 def _describe(img: np.ndarray, full_range: np.ndarray | None = None) -> np.ndarray:
@@ -74,6 +84,7 @@ def _describe(img: np.ndarray, full_range: np.ndarray | None = None) -> np.ndarr
         feats.append(np.percentile(img[region], [5, 50, 95]))
         feats.append([region.mean(), smooth[region].std(), np.subtract(*np.percentile(smooth[region], [90, 10]))])
         feats.append(_top(residual[region]))
+        feats.append(_top(img[region]))  # rare bright voxels: a nodule in the lung, calcium in soft tissue
     for scale in (0.8, 1.5):
         eig = _hessian_eigenvalues(img, scale)  # (..., ndim), ascending
         lo, hi = eig[..., 0], eig[..., -1]
@@ -138,7 +149,7 @@ def _block_resize(a: np.ndarray, out_shape) -> np.ndarray:
     return zoom(blurred, factors, order=1)
 
 
-def _cv_scores(x_img, x_stats, y_all, seed=0) -> np.ndarray:
+def _cv_scores(x_img, x_stats, y_all, seed=0, C=0.3) -> np.ndarray:
     """5-fold cross-validated decision scores for every label column of ``y_all`` (same folds for all labels,
     so the PCA of each fold is fitted once)."""
     from sklearn.decomposition import PCA
@@ -156,7 +167,7 @@ def _cv_scores(x_img, x_stats, y_all, seed=0) -> np.ndarray:
         for j in range(y_all.shape[1]):
             y = y_all[train, j]
             if 0 < y.sum() < len(y):
-                clf = LogisticRegression(C=0.3, max_iter=3000, class_weight="balanced").fit(f_train, y)
+                clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced").fit(f_train, y)
                 scores[test, j] = clf.decision_function(f_test)
     return scores
 
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", choices=("independent", "ct-rate"), default="independent")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", default=None, help="also save the labels and features to this .npz")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     y = np.stack([r[0] for r in rows]).astype(int)
     cxr_img, cxr_stats = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
     ct_img, ct_stats = np.stack([r[3] for r in rows]), np.stack([r[4] for r in rows])
+    if args.save:
+        np.savez_compressed(args.save, y=y, cxr_img=cxr_img, cxr_stats=cxr_stats, ct_img=ct_img, ct_stats=ct_stats)
     print(f"{args.n} studies at {tuple(args.shape)} ({args.prior} labels): features in "
           f"{time.perf_counter() - t0:.0f} s")
     s_cxr = _cv_scores(cxr_img, cxr_stats, y, args.seed)

@@ -57,7 +57,8 @@ def test_layout_and_csv_columns(dataset):
                     "NumberOfSlices", "PatientSex", "PatientAge", "Manufacturer"):
             assert col in header_m
         for name in names:
-            assert re.fullmatch(rf"{split}_\d+_[a-z]_[1-3]", name), name
+            assert re.fullmatch(rf"{split}_\d+_[a-z]_[1-3]\.nii\.gz", name), name  # as in the CT-RATE tables
+            name = name.removesuffix(".nii.gz")
             _, patient, scan, _ = name.split("_")
             path = root / split / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
             assert path.is_file()
@@ -71,7 +72,7 @@ def test_nifti_headers_match_metadata(dataset):
     header, rows = _read_csv(root / "metadata" / "train_metadata.csv")
     col = {name: i for i, name in enumerate(header)}
     for row in rows:
-        name = row[0]
+        name = row[0].removesuffix(".nii.gz")
         _, patient, scan, recon = name.split("_")
         img = nib.load(root / "train" / f"train_{patient}" / f"train_{patient}_{scan}" / f"{name}.nii.gz")
         assert img.get_data_dtype() == np.int16

@@ -57,7 +57,7 @@ def test_normal_anatomy_in_hu(baseline):
     plan = p["plan"]
     assert hu[0, 0, 0] <= -1000  # air (or padding) outside the body
     # Lung parenchyma around -850 HU: take the lateral mid-lung at the level of the carina.
-    k = int(np.argmin(np.abs(p["grid"].z.ravel() - plan.airways["carina"][0])))
+    k = int(np.argmin(np.abs(p["grid"].z.ravel() - plan.landmarks["carina"][0])))
     mid = hu[k]
     lateral = (np.abs(x[k] - 0.6 * plan.cav_a * np.sign(x[k])) < 15) & (np.abs(y[k]) < 20)
     assert -930 < np.median(mid[lateral]) < -700

@@ -5,7 +5,8 @@ Nobody can download CT-RATE here, so this module writes a stand-in that the same
     OUT_DIR/
       train/train_1/train_1_a/train_1_a_1.nii.gz          # {split}_{patient}_{scan}_{reconstruction}
       valid/valid_1/valid_1_a/valid_1_a_1.nii.gz
-      radiology_text_reports/{split}_reports.csv           # VolumeName, ClinicalInformation_EN, Technique_EN,
+      radiology_text_reports/{split}_reports.csv           # VolumeName (e.g. "train_1_a_1.nii.gz"),
+                                                           # ClinicalInformation_EN, Technique_EN,
                                                            # Findings_EN, Impressions_EN
       multi_abnormality_labels/{split}_predicted_labels.csv  # VolumeName + the 18 labels, canonical order
       metadata/{split}_metadata.csv                        # VolumeName, RescaleSlope, RescaleIntercept,
@@ -403,7 +404,9 @@ def _study_task(args) -> list[dict]:
             metas.append(_metadata_row(p, spec, (d, *p["grid"].shape[1:]), sp, intercept, padding))
     rows = []
     for name, meta in zip(names, metas):
-        rows.append({"name": name, "report": p["report"], "labels": [int(v) for v in p["labels"]], "meta": meta})
+        # The released CT-RATE tables spell VolumeName with the file suffix.
+        rows.append({"name": f"{name}.nii.gz", "report": p["report"], "labels": [int(v) for v in p["labels"]],
+                     "meta": meta})
     return rows
 
 

@@ -293,10 +293,19 @@ class Branch:
 
 @dataclass
 class ChestPlan:
-    """Every anatomical parameter of one chest, in mm and HU. Findings edit it before :func:`render_chest`."""
+    """Every anatomical parameter of one chest, in mm (body frame, see the module docstring) and HU. Findings edit
+    it before :func:`render_chest`.
+
+    ``body_a`` / ``body_b_ant`` / ``body_b_post``: body half width and anterior / posterior half depths at mid chest;
+    ``fat`` / ``muscle``: wall layer thicknesses; ``cav_a``, ``cav_y_ant``, ``cav_y_post``: thoracic cavity half width
+    and anterior / posterior limits; ``z_apex`` (0), ``z_dome_right``, ``z_dome_left``, ``z_recess``: heights of the
+    apices, the dome tops and the posterior costophrenic recesses; ``apex_centers`` / ``dome_centers``: paraboloid
+    caps per side; heart as a rotated ellipsoid (``heart_center``, semi-axes ``heart_axes``, ``heart_rotation``,
+    scaled by ``heart_scale``); ``tubes``: vessels, airways and oesophagus by name; ``fissure``: planar fissures
+    (``z0 + slope * (y - y0)`` oblique, ``horizontal`` on the right); ``hu``: this patient's tissue values.
+    """
 
     patient: Patient
-    # body outline (half widths at mid chest), wall layers
     body_a: float
     body_b_ant: float
     body_b_post: float
@@ -318,7 +327,7 @@ class ChestPlan:
     spine_y: float
     vertebra_r: float
     tubes: dict = field(default_factory=dict)
-    airways: dict = field(default_factory=dict)
+    landmarks: dict = field(default_factory=dict)  # named points (carina, hila, hiatus, aortic arch), mm
     breasts: list = field(default_factory=list)
     hu: dict = field(default_factory=dict)
     # edited by findings
@@ -462,7 +471,7 @@ def _plan_mediastinum(rng: np.random.Generator, plan: ChestPlan) -> None:
     old = max(0.0, (plan.patient.age - 40) / 40.0)
     yv = plan.spine_y
     carina = np.array([-82.0 * s + jit(4), yv - 42.0, 0.0 + jit(2)])
-    plan.airways["carina"] = carina
+    plan.landmarks["carina"] = carina
     trachea_r = (9.5 if plan.patient.sex == "M" else 8.0) + jit(0.5)
     plan.tubes["trachea"] = Tube(
         smooth_path([[70.0, yv - 58.0, 0.0], [0.0, yv - 52.0, jit(2)], carina + [6, 0, 0]], 10),
@@ -472,9 +481,9 @@ def _plan_mediastinum(rng: np.random.Generator, plan: ChestPlan) -> None:
     lb_end = carina + np.array([-32.0 * s, 6.0, 44.0]) + rng.normal(0, 2, 3)
     plan.tubes["right_bronchus"] = Tube(np.array([carina, rb_end]), np.array([trachea_r * 0.75, 6.0]), HU_AIR)
     plan.tubes["left_bronchus"] = Tube(np.array([carina, lb_end]), np.array([trachea_r * 0.68, 5.5]), HU_AIR)
-    plan.airways["hilum_right"] = rb_end
-    plan.airways["hilum_left"] = lb_end
-    plan.airways["trachea_r"] = trachea_r
+    plan.landmarks["hilum_right"] = rb_end
+    plan.landmarks["hilum_left"] = lb_end
+    plan.landmarks["trachea_r"] = trachea_r
 
     # Aorta: root at the heart base, ascending on the right, arch over the left bronchus, descending left of spine.
     ar = (14.0 + 3.0 * old) * (1.0 if plan.patient.sex == "M" else 0.92) + jit(0.8)
@@ -492,7 +501,7 @@ def _plan_mediastinum(rng: np.random.Generator, plan: ChestPlan) -> None:
     ], 40)
     radii = np.interp(np.arange(40), [0, 12, 20, 40], [ar * 1.05, ar, ar * 0.88, ar * 0.8])
     plan.tubes["aorta"] = Tube(aorta, radii, plan.hu["blood"])
-    plan.airways["aorta_arch"] = arch_top
+    plan.landmarks["aorta_arch"] = arch_top
     # Supra-aortic branches.
     for name, dx, r in (("brachiocephalic", -10.0, 6.0), ("carotid", 2.0, 4.5), ("subclavian", 12.0, 5.0)):
         start = arch_top + np.array([4.0, -4.0 if dx < 0 else 2.0, dx])
@@ -518,7 +527,7 @@ def _plan_mediastinum(rng: np.random.Generator, plan: ChestPlan) -> None:
                              np.array([12.0, 11.0]), plan.hu["blood"] - 3)
     # Oesophagus: behind the trachea, left of the midline, through the hiatus to the stomach.
     hiatus = np.array([plan.z_dome_left - 15.0, yv - 38.0, 22.0])
-    plan.airways["hiatus"] = hiatus
+    plan.landmarks["hiatus"] = hiatus
     plan.tubes["esophagus"] = Tube(smooth_path([[70.0, yv - 36.0, 4.0], [carina[0], yv - 30.0, 6.0],
                                                 [hc[0] - 10.0, yv - 30.0, 10.0], hiatus], 20),
                                    np.full(20, 7.5), HU_MUSCLE - 5)
@@ -531,7 +540,7 @@ def plan_trees(rng: np.random.Generator, plan: ChestPlan, grid: Grid, lung_label
     so the trees fill whatever lung shape the patient has. Fills ``plan.branches``.
     """
     plan.branches = []
-    for side, label, hilum in (("right", 1, plan.airways["hilum_right"]), ("left", 2, plan.airways["hilum_left"])):
+    for side, label, hilum in (("right", 1, plan.landmarks["hilum_right"]), ("left", 2, plan.landmarks["hilum_left"])):
         idx = np.flatnonzero(lung_label.ravel() == label)
         if len(idx) < 8:
             continue
@@ -688,7 +697,6 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
 def _mediastinum_mask(plan: ChestPlan, grid: Grid) -> np.ndarray:
     """Voxels that belong to the mediastinum: a central band plus every mediastinal structure with a fat margin."""
     z, y, x = grid.z, grid.y, grid.x
-    carina_z = plan.airways["carina"][0]
     hc = plan.heart_center
     # Central band: thin anteriorly (junction line), wider in the upper mediastinum (thymic fat, vessels).
     upper = 1.0 / (1.0 + np.exp(-(z - hc[0] - 20.0) / 8.0)) * (z < plan.z_apex - 10.0)
@@ -705,7 +713,6 @@ def _mediastinum_mask(plan: ChestPlan, grid: Grid) -> np.ndarray:
     if plan.hiatal_hernia is not None:
         paint_max(occ, ellipsoid_fraction(grid, plan.hiatal_hernia["center"], plan.hiatal_hernia["axes"], grow=3))
     mask |= occ > 0.5
-    del carina_z
     return mask
 
 

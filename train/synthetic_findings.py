@@ -137,7 +137,7 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
         details["Pericardial effusion"] = {"thickness_mm": round(thick)}
     if "Hiatal hernia" in positive:
         size = float(rng.uniform(30.0, 60.0))
-        c = plan.airways["hiatus"] + np.array([0.45 * size, -4.0, -4.0])
+        c = plan.landmarks["hiatus"] + np.array([0.45 * size, -4.0, -4.0])
         plan.hiatal_hernia = {
             "center": c,
             "axes": np.array([0.45, 0.4, 0.5]) * size,
@@ -266,14 +266,14 @@ def _ordered(lobes) -> list[str]:
 
 # Lymph node stations relative to the carina / hila: (name, offset builder).
 NODE_STATIONS = {
-    "right lower paratracheal": lambda p: p.airways["carina"] + [16.0, -4.0, -20.0],
-    "left lower paratracheal": lambda p: p.airways["carina"] + [12.0, -2.0, 16.0],
-    "subcarinal": lambda p: p.airways["carina"] + [-20.0, 10.0, 2.0],
-    "aortopulmonary window": lambda p: p.airways["carina"] + [4.0, -16.0, 28.0],
-    "prevascular": lambda p: np.array([p.airways["carina"][0] + 28.0, p.cav_y_ant + 22.0, -4.0]),
-    "right hilar": lambda p: p.airways["hilum_right"] + [0.0, -10.0, -8.0],
-    "left hilar": lambda p: p.airways["hilum_left"] + [0.0, -10.0, 6.0],
-    "right upper paratracheal": lambda p: p.airways["carina"] + [45.0, -4.0, -16.0],
+    "right lower paratracheal": lambda p: p.landmarks["carina"] + [16.0, -4.0, -20.0],
+    "left lower paratracheal": lambda p: p.landmarks["carina"] + [12.0, -2.0, 16.0],
+    "subcarinal": lambda p: p.landmarks["carina"] + [-20.0, 10.0, 2.0],
+    "aortopulmonary window": lambda p: p.landmarks["carina"] + [4.0, -16.0, 28.0],
+    "prevascular": lambda p: np.array([p.landmarks["carina"][0] + 28.0, p.cav_y_ant + 22.0, -4.0]),
+    "right hilar": lambda p: p.landmarks["hilum_right"] + [0.0, -10.0, -8.0],
+    "left hilar": lambda p: p.landmarks["hilum_left"] + [0.0, -10.0, 6.0],
+    "right upper paratracheal": lambda p: p.landmarks["carina"] + [45.0, -4.0, -16.0],
 }
 
 
@@ -738,10 +738,10 @@ def _medical_material(chest: RenderedChest, rng, item: str) -> list:
     elif item == "surgical clips":
         for _ in range(int(rng.integers(2, 7))):
             if rng.random() < 0.5:
-                c = plan.airways["carina"] + rng.normal(0, 15, 3)
+                c = plan.landmarks["carina"] + rng.normal(0, 15, 3)
             else:
                 pts = _lung_points(chest, rng, 1)
-                c = pts[0] if len(pts) else plan.airways["carina"]
+                c = pts[0] if len(pts) else plan.landmarks["carina"]
             d = rng.normal(0, 1, 3)
             d *= 2.5 / (np.linalg.norm(d) + 1e-9)
             out.append((capsule_fraction(grid, c - d, c + d, 0.8, 0.8, min_radius=min_r), HU_METAL))

@@ -99,7 +99,7 @@ def _mediastinum(w: _Writer, pos: set, d: dict) -> list[str]:
             "The heart is enlarged (cardiomegaly).",
             f"Cardiomegaly is present; the cardiothoracic ratio is about {ctr:.2f}.",
             "Heart size is increased.",
-            "The cardiothoracic index is increased in favour of cardiomegaly.",
+            "The cardiothoracic index is increased in favor of cardiomegaly.",
             f"There is an increase in heart size, cardiothoracic ratio {ctr:.2f}.",
             f"The heart appears enlarged beyond normal limits; the CTR measured approximately {ctr:.2f}.",
         ))
@@ -369,7 +369,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"Focal consolidations with air bronchograms are observed in {where}; pneumonia is the first "
             "consideration.",
             f"In {where}, consolidation was observed; in addition, air bronchograms were seen within it. These "
-            "findings were evaluated in favour of infection.",
+            "findings were evaluated in favor of infection.",
         ))
     if "Atelectasis" in pos:
         a = d["Atelectasis"]
@@ -409,7 +409,7 @@ def _lungs(w: _Writer, pos: set, d: dict) -> list[str]:
             f"Parenchymal bands are observed in {where}.",
             f"Fibrotic sequelae changes are seen in {where}.",
             f"Sequelae bands with slight volume loss are seen in {where}.",
-            f"Linear densities were seen in {where}; they were evaluated in favour of sequelae.",
+            f"Linear densities were seen in {where}; they were evaluated in favor of sequelae.",
         ))
     if "Mosaic attenuation pattern" in pos:
         m = d["Mosaic attenuation pattern"]
@@ -524,7 +524,7 @@ def _abdomen(w: _Writer, details: dict) -> list[str]:
             "The gallbladder and bile ducts are of normal calibre.",
             "A hypodense cystic lesion with smooth borders, about 8 mm, is seen in the liver (simple cyst?).",
             "A nodular thickening of the left adrenal gland is seen (adenoma?).",
-            "The liver is enlarged and its density is decreased in favour of fatty infiltration.",
+            "The liver is enlarged and its density is decreased in favor of fatty infiltration.",
         ))
     return out
 
