@@ -86,6 +86,8 @@ class QuickstartPreset:
 
 PRESETS: dict[str, QuickstartPreset] = {
     "default": QuickstartPreset(
+        # 1600 training scans raised the X2CT stage's valid zero-shot AUROC from 0.641 to 0.663 (within the noise of
+        # 150 valid scans) but doubled the wall time (14.0 against 7.6 min): 800 keep the run well inside 15 minutes.
         n_train=800, n_valid=150, n_test=250,
         # 128 x 128 in-plane generated CTs give the simulated CXRs 3 mm pixels (valid zero-shot AUROC of the X2CT
         # stage 0.623 against 0.610 from 80 x 80 ones, same teacher); the CT tower reads them at 6 mm.
