@@ -182,7 +182,9 @@ class RandomBrightnessContrast:
 
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2):
         if not 0 <= brightness < 1 or not 0 <= contrast < 1:
-            raise ValueError(f"RandomBrightnessContrast: brightness and contrast must be in [0, 1), got {brightness}, {contrast}.")
+            raise ValueError(
+                f"RandomBrightnessContrast: brightness and contrast must be in [0, 1), got {brightness}, {contrast}."
+            )
         self.brightness = float(brightness)
         self.contrast = float(contrast)
 
@@ -199,7 +201,9 @@ class RandomBrightnessContrast:
         return image
 
 
-def to_pixel_values(image: np.ndarray, mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> torch.Tensor:
+def to_pixel_values(
+    image: np.ndarray, mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5
+) -> torch.Tensor:
     """Grey image in [0, 255] (H, W) -> normalised ``pixel_values`` (3, H, W) float32, as the CXR processor makes."""
     image = _check_image(image, "to_pixel_values")
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0)

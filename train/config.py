@@ -319,7 +319,8 @@ class X2CTTrainConfig(TrainConfig):
             raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max, got {self.crop_scale}.")
         if len(self.crop_ratio) != 2 or not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}.")
-        if self.clahe_clip_limit < 0 or self.clahe_tile_grid <= 0 or not 0 <= self.brightness < 1 or not 0 <= self.contrast < 1:
+        jitter_ok = 0 <= self.brightness < 1 and 0 <= self.contrast < 1
+        if self.clahe_clip_limit < 0 or self.clahe_tile_grid <= 0 or not jitter_ok:
             raise ValueError("clahe_clip_limit >= 0, clahe_tile_grid > 0 and brightness, contrast in [0, 1) are required.")
         if self.image_std <= 0:
             raise ValueError(f"image_std must be > 0, got {self.image_std}.")

@@ -450,8 +450,10 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     from x2ctclip import CT_RATE_FINDINGS
 
     hard_idx = [CT_RATE_FINDINGS.index(n) for n in HARD_ON_PROJECTION]
-    hard = {k: float(np.nanmean(np.asarray(models[k]["auroc"])[hard_idx])) for k in ("x2ct", "cxr_only", "ctclip_teacher")}
-    defined = [j for j in hard_idx if np.isfinite(models["x2ct"]["auroc"][j]) and np.isfinite(models["cxr_only"]["auroc"][j])]
+    hard = {k: float(np.nanmean(np.asarray(models[k]["auroc"])[hard_idx]))
+            for k in ("x2ct", "cxr_only", "ctclip_teacher")}
+    defined = [j for j in hard_idx
+               if np.isfinite(models["x2ct"]["auroc"][j]) and np.isfinite(models["cxr_only"]["auroc"][j])]
     hard["x2ct_better"] = int(sum(models["x2ct"]["auroc"][j] > models["cxr_only"]["auroc"][j] for j in defined))
     hard["n_defined"] = len(defined)
     metrics = {

@@ -28,7 +28,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .config import CT_PRESETS, TEXT_PRESETS, CTCLIPTrainConfig, resolve_preset
-from .trainer import Trainer, TrainerCallback, TrainingStage, TrainResult, build_processor, volume_processor_kwargs, write_model_card
+from .trainer import (
+    Trainer,
+    TrainerCallback,
+    TrainingStage,
+    TrainResult,
+    build_processor,
+    volume_processor_kwargs,
+    write_model_card,
+)
 
 __all__ = ["CTCLIPStage", "encode_report_features", "label_prompt_text", "train_ctclip"]
 
@@ -243,7 +251,9 @@ class CTCLIPStage(TrainingStage):
             ct = resolve_preset(CT_PRESETS, c.ct_preset, c.ct_config, "CT")
             depth, height, width = self.ct_shape
             if height != width:
-                raise ValueError(f"{c.data_dir}: CT volumes are {height} x {width} in-plane; the CT tower needs square inputs.")
+                raise ValueError(
+                    f"{c.data_dir}: CT volumes are {height} x {width} in-plane; the CT tower needs square inputs."
+                )
             # The tower's input size follows the data unless the user fixed it.
             if "num_frames" not in c.ct_config:
                 ct["num_frames"] = depth

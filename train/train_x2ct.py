@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +21,15 @@ from torch.utils.data import Dataset
 
 from .augment import CXRTrainAugmentation, sample_rng
 from .config import CXR_PRESETS, X2CTTrainConfig, resolve_preset
-from .trainer import Trainer, TrainerCallback, TrainingStage, TrainResult, build_processor, volume_processor_kwargs, write_model_card
+from .trainer import (
+    Trainer,
+    TrainerCallback,
+    TrainingStage,
+    TrainResult,
+    build_processor,
+    volume_processor_kwargs,
+    write_model_card,
+)
 
 __all__ = ["X2CTStage", "train_x2ct", "embed_cxrs"]
 
@@ -84,7 +91,9 @@ class X2CTStage(TrainingStage):
         _require(config.data_dir, "data_dir")
         _require(config.embedding_cache, "embedding_cache")
         if not (ctclip / "config.json").is_file():
-            raise FileNotFoundError(f"{ctclip}: no config.json; ctclip_model must be a saved CT-CLIP/X2CT-CLIP model folder.")
+            raise FileNotFoundError(
+                f"{ctclip}: no config.json; ctclip_model must be a saved CT-CLIP/X2CT-CLIP model folder."
+            )
         self._check_cache(config)
         self.rows = load_preprocessed(config.data_dir, config.train_split, columns=["cxr"])
         names = load_preprocessed(config.data_dir, config.train_split, columns=["VolumeName"])["VolumeName"]

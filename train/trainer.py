@@ -50,8 +50,11 @@ __all__ = [
     "Trainer",
     "TrainerCallback",
     "TrainingStage",
+    "build_processor",
     "find_checkpoint",
     "parameter_groups",
+    "volume_processor_kwargs",
+    "write_model_card",
 ]
 
 logger = logging.getLogger(__name__)
