@@ -3,12 +3,18 @@
 Each sub-command lives in its own module, imported only when that sub-command runs, so ``x2ctclip --help`` stays
 fast. A command module defines ``configure_parser(parser, command)`` (adds the arguments of sub-command
 ``command``) and ``run(args) -> int`` (``args.command`` names the sub-command).
+
+Errors: a failure caused by the input (a missing, empty, corrupt or implausible file, an impossible option, a file
+too large for the memory budget) is printed as ONE line ``x2ctclip CMD: error: FILE: problem`` on stderr with exit
+status 2, never a traceback. Programming errors (``TypeError``, ``KeyError``, ...) keep their traceback. With
+``x2ctclip --debug CMD ...`` or the environment variable ``X2CTCLIP_DEBUG=1`` every error shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Add a line here to add a sub-command.
@@ -30,9 +36,54 @@ class CommandError(Exception):
     """An error the user can fix; printed without a traceback."""
 
 
+#: Exception types that mean "this input is bad" (printed as one line). Third-party types are added by
+#: :func:`_input_error_types` only when their module is already imported (no import cost for other commands).
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (CommandError, OSError, ValueError, MemoryError, RuntimeError, EOFError)
+_THIRD_PARTY_ERRORS = (
+    ("nibabel.filebasedimages", "ImageFileError"),  # not a NIfTI / unreadable header
+    ("nibabel.spatialimages", "HeaderDataError"),  # e.g. scl_inter = inf
+    ("pydicom.errors", "InvalidDicomError"),
+    ("yaml", "YAMLError"),
+    ("pickle", "UnpicklingError"),  # torch.load of a file that is not a checkpoint
+    ("zipfile", "BadZipFile"),
+    ("safetensors", "SafetensorError"),
+    ("tarfile", "TarError"),
+)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    types_ = list(_INPUT_ERRORS)
+    for module_name, name in _THIRD_PARTY_ERRORS:
+        module = sys.modules.get(module_name)
+        error_type = getattr(module, name, None) if module is not None else None
+        if isinstance(error_type, type) and issubclass(error_type, BaseException):
+            types_.append(error_type)
+    return tuple(types_)
+
+
+def debug_enabled() -> bool:
+    """True when ``X2CTCLIP_DEBUG`` is set to something other than ``""``, ``0``, ``false`` or ``no``."""
+    return os.environ.get("X2CTCLIP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_line(err: BaseException) -> str:
+    """One line describing ``err``: its message with line breaks folded, ``FILE: reason`` for an ``OSError`` that
+    carries a file name its message lacks, and a sentence for a ``MemoryError`` (whose message is often empty)."""
+    message = " ".join(str(err).split())
+    filename = getattr(err, "filename", None) if isinstance(err, OSError) else None
+    if filename is not None and str(filename) not in message:
+        message = f"{filename}: {err.strerror or message}"
+    if isinstance(err, MemoryError):
+        detail = f" ({message})" if message else ""
+        return (f"out of memory{detail}: the input needs more memory than this machine has "
+                "(see docs/limits_and_checks.md for the budgets)")  # fmt: skip
+    return message or type(err).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="x2ctclip", description="X2CT-CLIP: CT-level findings from chest X-rays.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (or X2CTCLIP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         # Arguments are added lazily (see main) so that one broken optional dependency cannot break every command.
@@ -42,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled()
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -62,8 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     args.command = name
     try:
         return int(module.run(args) or 0)
-    except (CommandError, FileNotFoundError, ValueError) as err:
-        print(f"x2ctclip {name}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"x2ctclip {name}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not isinstance(err, _input_error_types()):
+            raise
+        print(f"x2ctclip {name}: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_args import float_between, non_negative_int, positive_int
+
 ACTIONS = {
     "zeroshot": "per-finding and averaged AUROC / AP / F1 with bootstrap CIs (zero-shot prompts or a trained head)",
     "retrieval": "Recall@K and MAP@K between CXR, report and CT latents",
@@ -48,7 +50,7 @@ def _add_common(p: argparse.ArgumentParser, action: str) -> None:
         p.add_argument("--mapping", default="auto", help="label mapping of --external: auto, mimic-ct, radchest-ct or "
                                                          "a JSON file {column: finding or [findings]}")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default MODEL/evaluation)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
     p.add_argument("--ensemble", default="probabilities", choices=["probabilities", "embeddings"],
                    help="zero-shot prompt ensemble over the config's templates")
@@ -58,11 +60,13 @@ def _add_common(p: argparse.ArgumentParser, action: str) -> None:
 
 
 def _add_classification(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
-    p.add_argument("--seed", type=int, default=1024, help="bootstrap seed")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level")
-    p.add_argument("--threshold", type=float, help="one operating point for F1 (default: the calibration's "
-                                                   "thresholds, else 0.5)")  # fmt: skip
+    p.add_argument("--n-bootstrap", type=non_negative_int, default=1000,
+                   help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--seed", type=non_negative_int, default=1024, help="bootstrap seed")
+    p.add_argument("--confidence", type=float_between(0, 1, low_open=True, high_open=True), default=0.95,
+                   help="interval level, in (0, 1)")
+    p.add_argument("--threshold", type=float_between(0, 1),
+                   help="one operating point for F1, in [0, 1] (default: the calibration's thresholds, else 0.5)")
     p.add_argument("--compare", type=Path, help="second model folder: paired DeLong test on the same cases")
 
 
@@ -70,7 +74,8 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="temperature", choices=["temperature", "platt"], help="calibration map")
     p.add_argument("--thresholds", default="youden", type=_thresholds_arg,
                    help="operating points: youden, a target sensitivity (e.g. 0.9) or none")
-    p.add_argument("--n-bins", type=int, default=15, help="equal-width bins of the ECE and reliability diagram")
+    p.add_argument("--n-bins", type=positive_int, default=15,
+                   help="equal-width bins of the ECE and reliability diagram (>= 1)")
     p.add_argument("--no-save", action="store_true", help="do not store the calibration in the model config")
 
 

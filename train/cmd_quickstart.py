@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cli_args import non_negative_int, positive_int
+
 
 def configure_parser(parser, command):
     from .quickstart import PRESETS
@@ -15,14 +17,20 @@ def configure_parser(parser, command):
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                         help="'default' (about 15 min on 2 CPU cores) or 'tiny' (about a minute, for tests)")
-    parser.add_argument("--seed", type=int, default=0, help="data seeds seed, seed+1, seed+2; training 1024+seed")
-    parser.add_argument("--workers", type=int, default=None, help="processes for data generation and preprocessing")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="data seeds seed, seed+1, seed+2; training 1024+seed")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes for data generation and preprocessing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
+    from .cli import CommandError
     from .quickstart import run_quickstart
 
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"{args.out}: exists and is not a folder; --out must be a new or an earlier quickstart "
+                           "folder.")
     metrics = run_quickstart(args.out, preset=args.preset, seed=args.seed, workers=args.workers,
                              progress=not args.no_progress)
     print()

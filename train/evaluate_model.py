@@ -220,6 +220,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{config_path}: not readable JSON ({err}).") from None
+    expected = X2CTCLIPModel.config_class.model_type
+    if not isinstance(config, dict) or config.get("model_type") != expected:
+        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{config_path}: not an X2CT-CLIP model config (model_type {found!r}, expected "
+                         f"{expected!r}); expected a folder written by save_pretrained.")  # fmt: skip
     architectures = config.get("architectures") or []
     device = _device(device)
     if CLASSIFIER_ARCHITECTURE in architectures:
