@@ -21,6 +21,18 @@ Intensity conventions
 - Colour inputs (RGB, RGBA, palette, YBR DICOM) become grey by ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B); an
   alpha channel is ignored. A greyscale radiograph saved as RGB has R = G = B, so this returns that grey exactly.
 - Every image is min-max scaled on its own (after windowing), so the bit depth (8, 12, 15, 16 bit) does not matter.
+- JPEG / TIFF / PNG files (and PIL images) with an EXIF ``Orientation`` tag are turned upright first
+  (``PIL.ImageOps.exif_transpose``), as every photo viewer shows them.
+
+Limits (checked from the header, before the pixels are decoded; see docs/limits_and_checks.md)
+--------------------------------------------------------------------------------------------
+- ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS` = 36 M pixels, e.g. 6000 x 6000; the largest digital chest
+  detectors give about 4300 x 4300 = 18.5 M): a larger image is refused with a ``ValueError`` naming the file and
+  its size, before PIL or pydicom decodes it. Decoding an image at the limit peaks at about 0.7 GB (16-bit grey) to
+  1 GB (8-bit RGB) of float work arrays.
+- ``max_aspect_ratio`` (default :data:`DEFAULT_MAX_ASPECT_RATIO` = 4): a radiograph longer than 4 times its width
+  (or wider than 4 times its height) is refused with its size; real chest radiographs are between about 1:1.5 and
+  1.5:1. ``None`` switches either check off.
 """
 
 from __future__ import annotations
@@ -34,11 +46,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_PIXELS",
     "DICOM_SUFFIXES",
     "FRONTAL_VIEW_POSITIONS",
     "LATERAL_VIEW_POSITIONS",
     "OBLIQUE_VIEW_POSITIONS",
     "Radiograph",
+    "check_image_size",
     "is_dicom_file",
     "load_radiograph",
     "min_max_scale",
@@ -52,9 +67,14 @@ LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"
 #: ``ViewPosition`` values of an oblique view.
 OBLIQUE_VIEW_POSITIONS = frozenset({"RLO", "LLO", "RAO", "LAO", "RPO", "LPO"})
 
+#: Largest image (pixels) decoded by default: 36 M (6000 x 6000), about twice the largest chest detectors.
+DEFAULT_MAX_PIXELS = 36_000_000
+#: Largest ratio of the long to the short side accepted by default (real chest radiographs: about 1.5 at most).
+DEFAULT_MAX_ASPECT_RATIO = 4.0
+
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
-_LUMA = np.array([0.299, 0.587, 0.114])
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,40 @@ def min_max_scale(array: np.ndarray, source: str = "image") -> np.ndarray:
     return ((values - low) / span).astype(np.float32)
 
 
+def check_image_size(
+    height: int,
+    width: int,
+    source: str,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    channels: int = 1,
+) -> None:
+    """Refuse an image of ``height x width`` pixels (``channels`` samples each) that exceeds the decoded-size budget
+    ``max_pixels`` or whose long side is more than ``max_aspect_ratio`` times its short side.
+
+    Called with the sizes a file's header promises, before the pixels are decoded; ``None`` disables a check.
+
+    Raises:
+        ValueError: naming ``source`` and giving the numbers.
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"{source}: the image is empty ({height} x {width} pixels).")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ValueError(
+            f"{source}: {height} x {width} = {height * width:,} pixels (x {channels} channel(s)) is more than the "
+            f"decoded-size budget max_pixels={max_pixels:,} (about 6000 x 6000; real chest radiographs are at most "
+            "about 4300 x 4300)."
+        )
+    if max_aspect_ratio is not None:
+        ratio = max(height, width) / min(height, width)
+        if ratio > max_aspect_ratio:
+            raise ValueError(
+                f"{source}: {height} x {width} pixels has an aspect ratio of {ratio:.1f}:1, beyond the "
+                f"{max_aspect_ratio:g}:1 any chest radiograph has (max_aspect_ratio)."
+            )
+
+
 def _to_grey(array: np.ndarray, source: str) -> np.ndarray:
     """``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with C in {1, 3, 4} -> ``(H, W)`` float64 (alpha dropped)."""
     if array.ndim == 2:
@@ -132,7 +186,12 @@ def _to_grey(array: np.ndarray, source: str) -> np.ndarray:
         if channels_last.shape[-1] == 1:
             grey = channels_last[..., 0]
         else:
-            grey = channels_last[..., :3].astype(np.float64) @ _LUMA
+            # Channel by channel: peak two (H, W) work arrays instead of an (H, W, 3) float64 copy. float64 keeps
+            # the luma of 32-bit integer and float64 inputs exact; smaller types are exact in float32.
+            work = np.float64 if channels_last.dtype.itemsize > 2 else np.float32
+            grey = channels_last[..., 0].astype(work) * work(_LUMA[0])
+            for channel in (1, 2):
+                grey += channels_last[..., channel].astype(work) * work(_LUMA[channel])
     else:
         raise ValueError(
             f"{source}: expected a 2-D (H, W) or 3-D (H, W, C) / (C, H, W) image, got {array.ndim} dimensions "
@@ -143,18 +202,37 @@ def _to_grey(array: np.ndarray, source: str) -> np.ndarray:
     return grey
 
 
-def _array_from_numeric(array: Any, source: str) -> np.ndarray:
-    """A NumPy array (or anything ``np.asarray`` turns into a real-valued array) -> grey float32 in [0, 1]."""
+def _array_from_numeric(array: Any, source: str, limits: tuple[Any, Any] = (None, None)) -> np.ndarray:
+    """A NumPy array (or anything ``np.asarray`` turns into a real-valued array) -> grey float32 in [0, 1];
+    ``limits`` = ``(max_pixels, max_aspect_ratio)`` checked on the grey image's size."""
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{source}: unsupported pixel type {array.dtype} (expected integers, floats or booleans).")
-    return min_max_scale(_to_grey(array, source), source)
+    grey = _to_grey(array, source)
+    check_image_size(grey.shape[0], grey.shape[1], source, *limits)
+    return min_max_scale(grey, source)
 
 
-def _from_pil(image: Any, source: str) -> np.ndarray:
-    """A PIL image of any mode (1, L, LA, P, PA, I;16*, I, F, RGB, RGBA, CMYK, YCbCr, ...) -> grey in [0, 1]."""
+def _exif_upright(image: Any) -> Any:
+    """``image`` turned as its EXIF ``Orientation`` tag (0x0112) says (a new image), or ``image`` without one."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block: show the pixels as stored, as viewers do
+        return image
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _from_pil(image: Any, source: str, limits: tuple[Any, Any] = (None, None)) -> np.ndarray:
+    """A PIL image of any mode (1, L, LA, P, PA, I;16*, I, F, RGB, RGBA, CMYK, YCbCr, ...) -> grey in [0, 1]
+    (``limits``: ``(max_pixels, max_aspect_ratio)``, checked before any conversion)."""
+    check_image_size(image.size[1], image.size[0], source, *limits, channels=len(image.getbands()))
+    image = _exif_upright(image)
     mode = image.mode
     if mode in ("P", "PA"):
         image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
@@ -206,7 +284,14 @@ def _patient_orientation(ds: Any) -> tuple[str, str] | None:
     return row, column
 
 
-def _from_dicom(ds: Any, source: str, apply_voi_lut: bool, reorient: bool) -> Radiograph:
+def _from_dicom(
+    ds: Any,
+    source: str,
+    apply_voi_lut: bool,
+    reorient: bool,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> Radiograph:
     from pydicom.pixels import apply_color_lut, apply_modality_lut
     from pydicom.pixels import apply_voi_lut as _apply_voi_lut
 
@@ -218,9 +303,16 @@ def _from_dicom(ds: Any, source: str, apply_voi_lut: bool, reorient: bool) -> Ra
             f"{source}: unsupported DICOM PhotometricInterpretation {photometric or '(missing)'!r}; expected one of "
             f"{', '.join(_MONOCHROME + _COLOUR)}."
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as error:
+        message = f"{source}: invalid DICOM NumberOfFrames / Rows / Columns / SamplesPerPixel ({error})."
+        raise ValueError(message) from None
     if frames != 1:
         raise ValueError(f"{source}: a multi-frame DICOM ({frames} frames) is not a single radiograph.")
+    check_image_size(rows, columns, source, max_pixels, max_aspect_ratio, samples)
     try:
         # YBR colour spaces are converted to RGB by pydicom (as_rgb defaults to True).
         array = ds.pixel_array
@@ -269,23 +361,42 @@ def _read_dicom(path: Path) -> Any:
         raise ValueError(f"{path}: cannot read the DICOM file ({type(error).__name__}: {error}).") from error
 
 
-def _read_image_file(path: Path) -> np.ndarray:
+def _read_image_file(
+    path: Path,
+    source: str,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     image = None
     try:
-        image = Image.open(path)
+        image = Image.open(path)  # reads the header only
+    except UnidentifiedImageError:
+        pass  # reported below
+    except Exception as error:  # PIL's DecompressionBombError, truncated headers, ...
+        raise ValueError(f"{source}: cannot decode the image file ({type(error).__name__}: {error}).") from error
+    if image is not None:
+        width, height = image.size
+        try:
+            check_image_size(height, width, source, max_pixels, max_aspect_ratio, len(image.getbands()))
+        except ValueError:
+            image.close()
+            raise
+    try:
+        if image is None:
+            image = Image.open(path)
         image.load()  # decode now so that truncated files fail here, with the file name
     except UnidentifiedImageError as error:
         raise ValueError(
-            f"{path}: unsupported or corrupt image file (not a format PIL can read, nor a DICOM file)."
+            f"{source}: unsupported or corrupt image file (not a format PIL can read, nor a DICOM file)."
         ) from error
     except Exception as error:  # corrupt files raise OSError, EOFError, SyntaxError, ValueError, struct.error, ...
         if image is not None:
             image.close()
-        raise ValueError(f"{path}: cannot decode the image file ({type(error).__name__}: {error}).") from error
+        raise ValueError(f"{source}: cannot decode the image file ({type(error).__name__}: {error}).") from error
     try:
-        return _from_pil(image, str(path))
+        return _from_pil(image, source)
     finally:
         image.close()
 
@@ -296,9 +407,11 @@ def load_radiograph(
     apply_voi_lut: bool = True,
     reorient: bool = True,
     source: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Radiograph:
     """Load one chest radiograph as a :class:`Radiograph` (``(H, W)`` float32 in [0, 1], bone bright, patient's
-    right on the image's left, head up).
+    right on the image's left, head up; EXIF orientation applied).
 
     Args:
         image: a path (``str`` / ``os.PathLike``) to a PNG, JPEG, TIFF, ... file or a DICOM file (recognised by its
@@ -308,12 +421,17 @@ def load_radiograph(
         apply_voi_lut: apply the DICOM VOI LUT / window (the view the modality intended radiologists to see).
         reorient: flip DICOM images whose ``PatientOrientation`` differs from the convention (see module docstring).
         source: name used in messages (defaults to the file name or the input type).
+        max_pixels: decoded-size budget in pixels (default 36 M), checked from the file header before decoding
+            (``None``: no limit; see the module docstring).
+        max_aspect_ratio: largest long-to-short side ratio (default 4; ``None``: no limit).
 
     Raises:
         FileNotFoundError: when a path does not exist.
         ValueError: naming the input, for empty, truncated, corrupt or unsupported files, unsupported DICOM
-            photometric interpretations, NaN / infinite values, or arrays with the wrong number of dimensions.
+            photometric interpretations, NaN / infinite values, arrays with the wrong number of dimensions, images
+            over the size budget or with an aspect ratio beyond ``max_aspect_ratio``.
     """
+    limits = (max_pixels, max_aspect_ratio)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.exists():
@@ -323,8 +441,8 @@ def load_radiograph(
         if path.stat().st_size == 0:
             raise ValueError(f"{path}: the file is empty.")
         if is_dicom_file(path):
-            return _from_dicom(_read_dicom(path), source or str(path), apply_voi_lut, reorient)
-        return Radiograph(_read_image_file(path), source or str(path))
+            return _from_dicom(_read_dicom(path), source or str(path), apply_voi_lut, reorient, *limits)
+        return Radiograph(_read_image_file(path, source or str(path), *limits), source or str(path))
 
     module = type(image).__module__
     type_name = f"{module}.{type(image).__name__}"
@@ -333,12 +451,12 @@ def load_radiograph(
 
         if isinstance(image, Dataset):
             name = source or str(getattr(image, "filename", None) or "<pydicom Dataset>")
-            return _from_dicom(image, name, apply_voi_lut, reorient)
+            return _from_dicom(image, name, apply_voi_lut, reorient, *limits)
     if module.startswith("PIL."):
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return Radiograph(_from_pil(image, source or "<PIL image>"), source or "<PIL image>")
+            return Radiograph(_from_pil(image, source or "<PIL image>", limits), source or "<PIL image>")
     if module.startswith("torch"):
         import torch
 
@@ -349,9 +467,9 @@ def load_radiograph(
                 raise ValueError(f"{name}: unsupported pixel type {tensor.dtype}.")
             # bfloat16 and float16 go through float32 (NumPy has no bfloat16).
             array = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
-            return Radiograph(_array_from_numeric(array, name), name)
+            return Radiograph(_array_from_numeric(array, name, limits), name)
     if isinstance(image, np.ndarray):
-        return Radiograph(_array_from_numeric(image, source or "<numpy array>"), source or "<numpy array>")
+        return Radiograph(_array_from_numeric(image, source or "<numpy array>", limits), source or "<numpy array>")
     raise ValueError(
         f"{source or type_name}: unsupported input type {type_name}; expected a file path, PIL image, pydicom Dataset, "
         "NumPy array or torch tensor."

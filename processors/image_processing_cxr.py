@@ -7,7 +7,9 @@ Pipeline per image (the X2CT-CLIP / CXR-CLIP evaluation transform):
    [0, 1] per image, bone bright;
 2. resize so the shortest side is ``size["shortest_edge"]`` (224), keeping the aspect ratio, with PIL's
    antialiased filter (``resample``, bilinear by default: what ``torchvision.transforms.Resize`` does on PIL images);
-3. centre crop to ``crop_size`` (224 x 224; zero padding where the image is smaller, as torchvision's ``CenterCrop``);
+3. centre crop to ``crop_size`` (224 x 224; zero padding where the image is smaller, as torchvision's ``CenterCrop``).
+   Steps 2 and 3 run as one: only the source region under the crop is resampled (PIL's ``resize(box=...)``, same
+   filter weights, so the result equals resize-then-crop), so no ``224 x (224 * aspect)`` intermediate is made;
 4. replicate the grey channel to 3 channels;
 5. normalise ``(x - image_mean) / image_std``: 0.5 / 0.5 for the Swin-Tiny encoder (CXR-CLIP's default), ImageNet
    statistics (``IMAGENET_DEFAULT_MEAN`` / ``IMAGENET_DEFAULT_STD`` from ``transformers.image_utils``) for ResNet-50.
@@ -27,9 +29,17 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .image_io import Radiograph, load_radiograph
+from .image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, Radiograph, load_radiograph
+from .plausibility import RadiographCheck, radiograph_check
 
 __all__ = ["NonFrontalViewWarning", "X2CTCLIPImageProcessor", "X2CTCLIPImageProcessorKwargs"]
+
+
+def _shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """torchvision's ``Resize(n)`` size: the short side to ``n``, the long side to ``int(n * long / short)``."""
+    short, long = sorted((height, width))
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
 class NonFrontalViewWarning(UserWarning):
@@ -44,11 +54,15 @@ class X2CTCLIPImageProcessorKwargs(ImagesKwargs, total=False):
         apply_voi_lut: apply the DICOM VOI LUT / ``WindowCenter`` + ``WindowWidth`` before min-max scaling.
         reorient: flip DICOM images whose ``PatientOrientation`` is not (``L``, ``F``) to the project convention.
         warn_non_frontal: warn (:class:`NonFrontalViewWarning`) when DICOM tags indicate a lateral or oblique view.
+        max_pixels: decoded-size budget in pixels, checked from the file header before decoding.
+        max_aspect_ratio: largest long-to-short side ratio accepted.
     """
 
     apply_voi_lut: bool | None
     reorient: bool | None
     warn_non_frontal: bool | None
+    max_pixels: int | None
+    max_aspect_ratio: float | None
 
 
 def _size_dict(value: Any, name: str, allow_shortest_edge: bool) -> dict[str, int]:
@@ -103,6 +117,9 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
         image_mean / image_std: 3 floats (default 0.5, the Swin-Tiny CXR-CLIP setting; use
             ``IMAGENET_DEFAULT_MEAN`` / ``IMAGENET_DEFAULT_STD`` for the ResNet-50 encoder).
         apply_voi_lut / reorient / warn_non_frontal: DICOM handling, see :class:`X2CTCLIPImageProcessorKwargs`.
+        max_pixels: decoded-size budget (pixels; default 36 M), checked before decoding; ``0`` switches it off.
+        max_aspect_ratio: images longer than this many times their width (or wider) are refused (default 4;
+            ``0`` switches it off). See docs/limits_and_checks.md.
 
     Example::
 
@@ -127,6 +144,8 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
         apply_voi_lut: bool = True,
         reorient: bool = True,
         warn_non_frontal: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -141,11 +160,26 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
         self.apply_voi_lut = bool(apply_voi_lut)
         self.reorient = bool(reorient)
         self.warn_non_frontal = bool(warn_non_frontal)
+        self.max_pixels = self._check_limit(max_pixels, "max_pixels", int)
+        self.max_aspect_ratio = self._check_limit(max_aspect_ratio, "max_aspect_ratio", float)
 
     _PARAMETERS = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_normalize", "image_mean", "image_std",
-        "apply_voi_lut", "reorient", "warn_non_frontal",
+        "apply_voi_lut", "reorient", "warn_non_frontal", "max_pixels", "max_aspect_ratio",
     )  # fmt: skip
+
+    @staticmethod
+    def _check_limit(value: Any, name: str, kind: type) -> Any:
+        """A budget as stored in the config: a number >= 0 (0 = no limit; ``None`` is read as 0)."""
+        if value is None:
+            return kind(0)
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"X2CTCLIPImageProcessor: {name} must be a number >= 0, got {value!r}.") from None
+        if not number >= 0 or (name == "max_aspect_ratio" and 0 < number < 1):
+            raise ValueError(f"X2CTCLIPImageProcessor: {name} must be 0 (off) or a number >= 1, got {value!r}.")
+        return number
 
     @staticmethod
     def _check_resample(resample: Any) -> int:
@@ -165,9 +199,7 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
 
         height, width = pixels.shape
         if "shortest_edge" in size:
-            short, long = sorted((height, width))
-            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
-            new_height, new_width = (new_short, new_long) if height <= width else (new_long, new_short)
+            new_height, new_width = _shortest_edge_size(height, width, size["shortest_edge"])
         else:
             new_height, new_width = size["height"], size["width"]
         if (new_height, new_width) == (height, width):
@@ -176,6 +208,38 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
         resized = np.asarray(image.resize((new_width, new_height), resample=PILImageResampling(resample)))
         # Filters with negative lobes (bicubic, Lanczos) overshoot; keep the [0, 1] range of the 8-bit originals.
         return np.clip(resized, 0.0, 1.0)
+
+    @classmethod
+    def resize_and_crop(
+        cls,
+        pixels: np.ndarray,
+        size: dict[str, int],
+        crop_size: dict[str, int],
+        resample: int = PILImageResampling.BILINEAR,
+    ) -> np.ndarray:
+        """:meth:`resize` then :meth:`center_crop`, computing only the cropped pixels: the crop window of the resized
+        grid is mapped back to a (fractional) source box and only that box is resampled with PIL's
+        ``resize(box=...)``, whose filter weights are those of the full resize (same scale, neighbours outside the
+        box included), so the result equals resize-then-crop to float32 rounding. Memory: the output size, not
+        ``shortest_edge x shortest_edge * aspect``."""
+        from PIL import Image
+
+        height, width = pixels.shape
+        if "shortest_edge" in size:
+            new_height, new_width = _shortest_edge_size(height, width, size["shortest_edge"])
+        else:
+            new_height, new_width = size["height"], size["width"]
+        out_h, out_w = crop_size["height"], crop_size["width"]
+        # The crop window in the resized grid, clipped to it (center_crop pads what is missing).
+        win_h, win_w = min(out_h, new_height), min(out_w, new_width)
+        top, left = int(round((new_height - win_h) / 2.0)), int(round((new_width - win_w) / 2.0))
+        if (new_height, new_width) == (height, width):
+            return cls.center_crop(pixels, crop_size)
+        scale_y, scale_x = height / new_height, width / new_width
+        box = (left * scale_x, top * scale_y, (left + win_w) * scale_x, (top + win_h) * scale_y)
+        image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
+        window = np.asarray(image.resize((win_w, win_h), resample=PILImageResampling(resample), box=box))
+        return cls.center_crop(np.clip(window, 0.0, 1.0), crop_size)
 
     @staticmethod
     def center_crop(pixels: np.ndarray, crop_size: dict[str, int]) -> np.ndarray:
@@ -240,16 +304,21 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
         resample = self._check_resample(options["resample"])
         mean = np.asarray(_triple(options["image_mean"], "image_mean"), dtype=np.float32)[:, None, None]
         std = np.asarray(_triple(options["image_std"], "image_std"), dtype=np.float32)[:, None, None]
+        max_pixels = self._check_limit(options["max_pixels"], "max_pixels", int) or None
+        max_aspect = self._check_limit(options["max_aspect_ratio"], "max_aspect_ratio", float) or None
 
         outputs = []
         for item in self._as_list(images):
-            radiograph = load_radiograph(item, apply_voi_lut=options["apply_voi_lut"], reorient=options["reorient"])
+            radiograph = load_radiograph(item, apply_voi_lut=options["apply_voi_lut"], reorient=options["reorient"],
+                                         max_pixels=max_pixels, max_aspect_ratio=max_aspect)  # fmt: skip
             if options["warn_non_frontal"]:
                 self._check_view(radiograph)
             pixels = radiograph.pixels
-            if options["do_resize"]:
+            if options["do_resize"] and options["do_center_crop"]:
+                pixels = self.resize_and_crop(pixels, size, crop_size, resample)
+            elif options["do_resize"]:
                 pixels = self.resize(pixels, size, resample)
-            if options["do_center_crop"]:
+            elif options["do_center_crop"]:
                 pixels = self.center_crop(pixels, crop_size)
             pixels = np.repeat(pixels[None].astype(np.float32), 3, axis=0)
             if options["do_normalize"]:
@@ -266,6 +335,19 @@ class X2CTCLIPImageProcessor(BaseImageProcessor):
 
     def __call__(self, images: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **kwargs)
+
+    def check_radiograph(self, image: Any) -> RadiographCheck:
+        """Is ``image`` plausibly a greyscale frontal chest radiograph? Loads it as :meth:`preprocess` does and runs
+        :func:`.plausibility.radiograph_check` (colour saturation, DICOM modality and view, aspect ratio, intensity
+        spread; measured numbers and thresholds in docs/limits_and_checks.md).
+
+        Returns:
+            :class:`.plausibility.RadiographCheck` with the measured numbers, ``plausible`` and ``reason``.
+        """
+        return radiograph_check(
+            image, apply_voi_lut=self.apply_voi_lut, reorient=self.reorient, max_pixels=self.max_pixels or None,
+            max_aspect_ratio=self.max_aspect_ratio or None,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .plausibility import ChestCTCheck, chest_ct_check
 from .volume_io import DEFAULT_MAX_HU, CTVolume, load_ct
 
 
@@ -313,6 +314,28 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
                 pads += [before, t - n - before]
             x = F.pad(x, pads, value=self.pad_value)
         return x
+
+    def check_volume(
+        self,
+        ct: Any,
+        *,
+        spacing: Sequence[float] | None = None,
+        affine: np.ndarray | None = None,
+        orientation: str | None = None,
+        rescale: tuple[float, float] | None = None,
+    ) -> ChestCTCheck:
+        """Does ``ct`` cover the chest? Loads it as :meth:`preprocess_one` does (same budget and HU checks) and runs
+        :func:`.plausibility.chest_ct_check`: the share of axial slices whose body cross-section is at least 10%
+        lung-like air (-950 to -600 HU); a chest CT needs 40% (measured values in docs/limits_and_checks.md).
+
+        Returns:
+            :class:`.plausibility.ChestCTCheck` with the measured numbers, ``plausible`` and ``reason``.
+        """
+        volume = ct if isinstance(ct, CTVolume) else load_ct(
+            ct, spacing=spacing, affine=affine, orientation=orientation, rescale=rescale, max_voxels=self.max_voxels,
+            validate=self.validate_hu, max_hu=self.max_hu,
+        )  # fmt: skip
+        return chest_ct_check(volume)
 
     # ---------------------------------------------------------------------------------------------------- helpers
     @staticmethod

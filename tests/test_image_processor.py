@@ -19,7 +19,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from x2ctclip.processors.image_io import load_radiograph, min_max_scale
 from x2ctclip.processors.image_processing_cxr import NonFrontalViewWarning, X2CTCLIPImageProcessor
 
-RAW = dict(do_resize=False, do_center_crop=False, do_normalize=False)  # the loader's [0, 1] image, untouched
+# The loader's [0, 1] image, untouched; 4 x 100 test strips allowed (max_aspect_ratio=0: no aspect limit).
+RAW = dict(do_resize=False, do_center_crop=False, do_normalize=False, max_aspect_ratio=0)
 
 
 @pytest.fixture(scope="module")
