@@ -25,6 +25,12 @@ Modes:
 
 With ``normalize=True`` (default) each image is min-max scaled to [0, 1] (X2CT-CLIP then stored 8-bit images).
 
+Memory budget: the output image (after resampling to ``pixel_spacing_mm``) may have at most ``max_pixels`` pixels
+(default :data:`DEFAULT_MAX_IMAGE_PIXELS` = 16 M, a 4 x 4 m field of view at 1 mm; a whole-body CT gives about
+0.5 x 2 m = 1 M). The size is computed from the header's shape and spacing before anything is allocated, so a
+header with absurd spacing (150-300 mm, 1e4 mm) is a ``ValueError`` naming the source and the numbers instead of a
+multi-GB allocation or a ``MemoryError``.
+
 Example::
 
     >>> cxr = simulate_cxr("ct.nii.gz")                                  # (H, W) float32, 1 mm pixels, PA
@@ -55,7 +61,9 @@ Array = Union[np.ndarray, torch.Tensor]
 __all__ = [
     "CXR_ORIENTATION",
     "LATERAL_ORIENTATION",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "MU_WATER_PER_MM",
+    "check_image_budget",
     "resample_image",
     "simulate_cxr",
     "simulate_cxr_batch",
@@ -67,6 +75,8 @@ CXR_ORIENTATION = "PA, patient right on image left, head up"
 LATERAL_ORIENTATION = "left lateral, anterior on image left, head up"
 #: Linear attenuation coefficient of water in 1/mm at about 70 keV (0.193 / cm), a typical chest-radiograph energy.
 MU_WATER_PER_MM = 0.0193
+#: Largest simulated image (pixels) by default: 16 M, e.g. 4000 x 4000 mm at 1 mm pixels (float32: 64 MB).
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
 
 _MODES = ("mean", "beer_lambert")
 _VIEWS = {"frontal": 1, "lateral": 2}  # the axis of the canonical (z, y, x) array the rays run along
@@ -192,18 +202,64 @@ def _resample_axis(image: Array, axis: int, step: float, size: int) -> Array:
     return a + (b - a) * w
 
 
-def resample_image(image: Array, spacing_mm: Sequence[float], pixel_spacing_mm: float = 1.0) -> Array:
+def _resampled_size(n: int, spacing: float, pixel_spacing_mm: float) -> int:
+    return max(1, int(round(n * float(spacing) / pixel_spacing_mm)))
+
+
+def check_image_budget(
+    shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    pixel_spacing_mm: float | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    source: str = "image",
+) -> tuple[int, int]:
+    """The ``(H, W)`` a ``shape = (H, W)`` image of ``spacing_mm = (row, column)`` mm gets at ``pixel_spacing_mm``
+    (``None``: unchanged), checked against ``max_pixels`` before anything is allocated.
+
+    Raises:
+        ValueError: naming ``source``, the spacing and the size, when the image would exceed ``max_pixels`` or a
+            spacing / pixel spacing is not a positive finite number.
+    """
+    values = [float(v) for v in spacing_mm] + ([] if pixel_spacing_mm is None else [float(pixel_spacing_mm)])
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{source}: spacing {tuple(spacing_mm)} mm / pixel_spacing_mm {pixel_spacing_mm} must be "
+                         "positive and finite.")  # fmt: skip
+    if pixel_spacing_mm is None:
+        size = (int(shape[0]), int(shape[1]))
+    else:
+        size = tuple(_resampled_size(n, s, pixel_spacing_mm) for n, s in zip(shape, spacing_mm))  # type: ignore
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        extent = tuple(round(n * float(s), 1) for n, s in zip(shape, spacing_mm))
+        raise ValueError(
+            f"{source}: a {int(shape[0])} x {int(shape[1])} projection with {tuple(float(s) for s in spacing_mm)} mm "
+            f"pixels covers {extent[0]:g} x {extent[1]:g} mm; at {pixel_spacing_mm} mm it would be {size[0]} x "
+            f"{size[1]} = {size[0] * size[1]:,} pixels, more than the budget max_pixels={max_pixels:,} (implausible "
+            "CT spacing in the header? Pass spacing=... or a larger max_pixels)."
+        )
+    return size  # type: ignore[return-value]
+
+
+def resample_image(
+    image: Array,
+    spacing_mm: Sequence[float],
+    pixel_spacing_mm: float = 1.0,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    source: str = "image",
+) -> Array:
     """Resample ``(..., H, W)`` images (numpy or torch) with pixel spacing ``spacing_mm = (row, column)`` in mm to
     square pixels of ``pixel_spacing_mm``.
 
     SimpleITK's grid: output pixel ``p`` lies at ``p * pixel_spacing_mm`` from the first input pixel centre, output
     size ``round(n * spacing / pixel_spacing_mm)``, linear interpolation (beyond the last input pixel the edge value
-    is repeated where SimpleITK would write 0).
+    is repeated where SimpleITK would write 0). The output size is checked against ``max_pixels`` first
+    (:func:`check_image_budget`).
     """
+    check_image_budget(image.shape[-2:], spacing_mm, pixel_spacing_mm, max_pixels, source)
     out = image
     for dim, s in zip((-2, -1), spacing_mm):
         n = out.shape[dim]
-        size = max(1, int(round(n * float(s) / pixel_spacing_mm)))
+        size = _resampled_size(n, s, pixel_spacing_mm)
         if size != n or not math.isclose(float(s), pixel_spacing_mm):
             out = _resample_axis(out, out.ndim + dim, pixel_spacing_mm / float(s), size)
     return out
@@ -239,6 +295,7 @@ def simulate_cxr_batch(
     hu_max: float = 1000.0,
     mu_water: float = MU_WATER_PER_MM,
     normalize: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Simulate radiographs from a batch of canonical CT volumes (any device; torch only).
 
@@ -252,6 +309,7 @@ def simulate_cxr_batch(
         hu_min, hu_max: HU window of the ``"mean"`` mode.
         mu_water: attenuation of water in 1/mm (``"beer_lambert"``).
         normalize: min-max scale each image to [0, 1].
+        max_pixels: budget of one output image in pixels (``None``: no limit), checked before projecting.
 
     Returns:
         ``(B, H, W)`` float32 tensor on the input's device in :data:`CXR_ORIENTATION` (frontal) or
@@ -271,12 +329,16 @@ def simulate_cxr_batch(
         raise ValueError(f"spacing_mm must be (3,) or (B, 3) positive mm, got {tuple(spacing.shape)}.")
     if volumes_hu.is_floating_point() and not bool(torch.isfinite(volumes_hu).all()):
         raise ValueError("volumes_hu contains NaN or infinite values.")
-    images = _project(volumes_hu, 1.0, 0.0, spacing[:, dim], mode, dim, hu_min, hu_max, mu_water)
+    in_plane = spacing[:, [0, 3 - dim]]
     if pixel_spacing_mm is not None:
-        in_plane = spacing[:, [0, 3 - dim]]
         if not torch.allclose(in_plane, in_plane[:1].expand_as(in_plane)):
             raise ValueError("Per-volume spacings differ in the image plane; pass pixel_spacing_mm=None.")
-        images = resample_image(images, in_plane[0].tolist(), pixel_spacing_mm)
+        plane_shape = (volumes_hu.shape[1], volumes_hu.shape[4 - dim])
+        check_image_budget(plane_shape, in_plane[0].tolist(), pixel_spacing_mm, max_pixels, "volumes_hu")
+    images = _project(volumes_hu, 1.0, 0.0, spacing[:, dim], mode, dim, hu_min, hu_max, mu_water)
+    if pixel_spacing_mm is not None:
+        images = resample_image(images, in_plane[0].tolist(), pixel_spacing_mm, max_pixels=max_pixels,
+                                source="volumes_hu")  # fmt: skip
     return _finish(images, normalize)
 
 
@@ -298,6 +360,7 @@ def simulate_cxr(
     validate: bool = True,
     max_hu: float = DEFAULT_MAX_HU,
     device: str | torch.device | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Simulate one chest radiograph from one CT.
 
@@ -313,6 +376,8 @@ def simulate_cxr(
         max_voxels: memory budget checked before the CT is decoded.
         validate, max_hu: check the CT holds plausible HU.
         device: where to project (e.g. ``"cuda"``); the result is returned as numpy.
+        max_pixels: budget of the output image in pixels (default 16 M; ``None``: no limit), checked from the
+            header's shape and spacing before projecting or resampling (see the module docstring).
 
     Returns:
         ``(H, W)`` float32 image in :data:`CXR_ORIENTATION` (frontal) or :data:`LATERAL_ORIENTATION` (lateral).
@@ -328,6 +393,9 @@ def simulate_cxr(
         validate=validate,
         max_hu=max_hu,
     )
+    plane_shape = (volume.shape[0], volume.shape[3 - dim])
+    plane_spacing = (volume.spacing_mm[0], volume.spacing_mm[3 - dim])
+    check_image_budget(plane_shape, plane_spacing, pixel_spacing_mm, max_pixels, volume.source)
     stored: Array = volume.array[None]
     if device is not None and torch.device(device).type != "cpu":
         stored = _readonly_tensor(volume.array)[None].to(device)
@@ -335,6 +403,6 @@ def simulate_cxr(
         stored, volume.slope, volume.intercept, volume.spacing_mm[dim], mode, dim, hu_min, hu_max, mu_water
     )
     if pixel_spacing_mm is not None:
-        images = resample_image(images, (volume.spacing_mm[0], volume.spacing_mm[3 - dim]), pixel_spacing_mm)
+        images = resample_image(images, plane_spacing, pixel_spacing_mm, max_pixels=max_pixels, source=volume.source)
     images = _finish(images, normalize)[0]
     return images.cpu().numpy() if torch.is_tensor(images) else images
