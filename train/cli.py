@@ -71,8 +71,8 @@ def error_line(err: BaseException) -> str:
     carries a file name its message lacks, and a sentence for a ``MemoryError`` (whose message is often empty)."""
     message = " ".join(str(err).split())
     filename = getattr(err, "filename", None) if isinstance(err, OSError) else None
-    if filename is not None and str(filename) not in message:
-        message = f"{filename}: {err.strerror or message}"
+    if filename is not None and err.strerror:  # "[Errno 2] No such file or directory: 'x'" -> "x: No such file ..."
+        message = f"{filename}: {err.strerror}"
     if isinstance(err, MemoryError):
         detail = f" ({message})" if message else ""
         return (f"out of memory{detail}: the input needs more memory than this machine has "
@@ -129,4 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the commands raise x2ctclip.train.cli.CommandError,
+    # which is another class than __main__.CommandError (``python -m x2ctclip.train.cli`` would print tracebacks).
+    from x2ctclip.train.cli import main as _main
+
+    sys.exit(_main())
