@@ -374,7 +374,12 @@ def _read_image_file(
         image = Image.open(path)  # reads the header only
     except UnidentifiedImageError:
         pass  # reported below
-    except Exception as error:  # PIL's DecompressionBombError, truncated headers, ...
+    except Image.DecompressionBombError as error:  # the header promises over twice PIL's MAX_IMAGE_PIXELS
+        raise ValueError(
+            f"{source}: the header promises more pixels than the decoded-size budget max_pixels="
+            f"{max_pixels or 0:,} ({error})"
+        ) from None
+    except Exception as error:  # truncated headers, ...
         raise ValueError(f"{source}: cannot decode the image file ({type(error).__name__}: {error}).") from error
     if image is not None:
         width, height = image.size
