@@ -22,7 +22,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from .image_io import (
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_PIXELS,
     FRONTAL_VIEW_POSITIONS,
+    _read_dicom,
     is_dicom_file,
     load_radiograph,
 )
@@ -190,20 +193,9 @@ def chest_ct_check(volume: Any, **load_kwargs: Any) -> ChestCTCheck:
 
 
 # ---------------------------------------------------------------------------------------------- radiograph check
-def _dicom_tags(image: Any) -> tuple[str | None, str | None]:
-    """(Modality, BodyPartExamined) of a DICOM path or dataset, upper case; ``(None, None)`` for other inputs."""
-    ds = None
-    if type(image).__module__.startswith("pydicom."):
-        ds = image
-    elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        try:
-            if is_dicom_file(image):
-                import pydicom
-
-                ds = pydicom.dcmread(image, stop_before_pixels=True)
-        except Exception:  # unreadable: load_radiograph reports it
-            ds = None
-    if ds is None:
+def _dicom_tags(ds: Any) -> tuple[str | None, str | None]:
+    """(Modality, BodyPartExamined) of a pydicom dataset, upper case; ``(None, None)`` for other inputs."""
+    if not type(ds).__module__.startswith("pydicom."):
         return None, None
 
     def tag(name: str) -> str | None:
@@ -217,11 +209,14 @@ def _dicom_tags(image: Any) -> tuple[str | None, str | None]:
 def _colour_fraction(image: Any, max_pixels: int | None) -> float:
     """Share of pixels whose R, G, B differ by more than 10% of the range (0.0 for single-channel inputs)."""
     array = None
-    if type(image).__module__.startswith("PIL."):
+    if type(image).__module__.startswith("pydicom."):
+        if int(image.get("SamplesPerPixel", 1) or 1) == 3:  # RGB / YBR DICOM (decoded within the budget already)
+            array = image.pixel_array
+    elif type(image).__module__.startswith("PIL."):
         array = np.asarray(image.convert("RGB")) if image.mode not in ("L", "I", "F", "1", "LA") else None
     elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
         array = image[..., :3]
-    elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+    elif isinstance(image, (str, os.PathLike)):
         if not is_dicom_file(image):
             from PIL import Image
 
@@ -262,8 +257,11 @@ def radiograph_check(
         :class:`RadiographCheck`. Raises only what :func:`.image_io.load_radiograph` raises (unreadable input).
     """
     limits = RADIOGRAPH_LIMITS
+    source = None
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_file() and is_dicom_file(image):
+        source, image = str(image), _read_dicom(Path(image))  # read once: for the tags and the pixels
     radiograph = load_radiograph(image, apply_voi_lut=apply_voi_lut, reorient=reorient, max_pixels=max_pixels,
-                                 max_aspect_ratio=max_aspect_ratio)  # fmt: skip
+                                 max_aspect_ratio=max_aspect_ratio, source=source)  # fmt: skip
     pixels = radiograph.pixels
     height, width = pixels.shape
     modality, body_part = _dicom_tags(image)

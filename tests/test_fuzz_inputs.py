@@ -192,3 +192,88 @@ def test_nifti_gzip_with_trailing_zeros_is_refused_without_decompressing_them(tm
     outcome, peak = traced_peak(lambda: load_ct(str(path)))
     assert isinstance(outcome, ValueError) and "trailing.nii.gz" in str(outcome), repr(outcome)
     assert peak < 64 * MB, f"{peak / MB:.0f} MB"
+
+
+# ------------------------------------------------------------------------------------------ DICOM radiograph headers
+_DICOM_VALUES = {
+    "RescaleSlope": st.sampled_from(["1", "0", "x", "inf", "nan", "-1", "1e30", ""]),
+    "RescaleIntercept": st.sampled_from(["0", "-1024", "x", "nan", "1e30"]),
+    "WindowCenter": st.sampled_from(["100", "0", "x", "nan", "-1e9"]),
+    "WindowWidth": st.sampled_from(["200", "0", "-5", "x", "1e-9"]),
+    "Rows": st.sampled_from([16, 0, 1, 17, 40000, 65535]),
+    "Columns": st.sampled_from([24, 0, 1, 25, 40000, 65535]),
+    "BitsStored": st.sampled_from([12, 16, 1, 0, 17]),
+    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "XYZ", ""]),
+    "NumberOfFrames": st.sampled_from(["1", "2", "0", "x"]),
+}
+
+
+@FAST
+@given(fields=st.fixed_dictionaries({}, optional=_DICOM_VALUES))
+def test_dicom_radiograph_header_fields_give_a_result_or_a_value_error_naming_the_file(tmp_path, fields):
+    """A real 16 x 24 CR file written by pydicom, then header fields set to hostile values (strings as DS / IS
+    would hold them): a result, or a ValueError naming the file, with bounded memory."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 10) % 4096
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ds.file_meta.MediaStorageSOPClassUID, generate_uid(), "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    # pydicom refuses to write an invalid DS / IS ("x"): write a unique placeholder of the same VR and overwrite
+    # its bytes in the file with the hostile value, padded with spaces as DS / IS allow.
+    placeholders = {}
+    for i, (key, value) in enumerate(sorted(fields.items())):
+        if key != "PhotometricInterpretation" and isinstance(value, str):  # the DS / IS fields
+            placeholders[key] = f"{i + 1}.2345678" if key != "NumberOfFrames" else "987654321"
+            setattr(ds, key, placeholders[key])
+        else:
+            setattr(ds, key, value)
+    path = tmp_path / "fuzz_header.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    for key, placeholder in placeholders.items():
+        assert raw.count(placeholder.encode()) == 1
+        raw = raw.replace(placeholder.encode(), fields[key].ljust(len(placeholder)).encode())  # same length
+    path.write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values it reads
+        outcome, peak = traced_peak(lambda: X2CTCLIPImageProcessor()(str(path), return_tensors="np")["pixel_values"])
+    if isinstance(outcome, Exception):
+        assert isinstance(outcome, ValueError), repr(outcome)
+        assert "fuzz_header.dcm" in str(outcome), str(outcome)
+    else:
+        assert outcome.shape == (1, 3, 224, 224) and np.isfinite(outcome).all()
+    assert peak < 32 * MB, f"{peak / MB:.1f} MB"
+
+
+def test_corrupt_dicom_element_length_does_not_allocate_what_it_claims(tmp_path):
+    """A 2 KB DICOM whose value lengths were shifted by an edit (found by the fuzz test above): reading the open
+    file made pydicom allocate a buffer of the claimed length (1.4 GB); reading it from memory does not."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ds.file_meta.MediaStorageSOPClassUID, generate_uid(), "CR"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 24, 1, "1.2345678"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = ((np.arange(16 * 24, dtype=np.uint16) * 10) % 4096).tobytes()
+    path = tmp_path / "shifted.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(path.read_bytes().replace(b"1.2345678", b"MONOCHROME1"))  # 2 bytes longer: lengths shift
+        outcome, peak = traced_peak(lambda: X2CTCLIPImageProcessor()(str(path)))
+    assert isinstance(outcome, ValueError) and "shifted.dcm" in str(outcome), repr(outcome)
+    assert peak < 16 * MB, f"{peak / MB:.0f} MB"

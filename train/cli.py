@@ -38,7 +38,9 @@ class CommandError(Exception):
 
 #: Exception types that mean "this input is bad" (printed as one line). Third-party types are added by
 #: :func:`_input_error_types` only when their module is already imported (no import cost for other commands).
-_INPUT_ERRORS: tuple[type[BaseException], ...] = (CommandError, OSError, ValueError, MemoryError, RuntimeError, EOFError)
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    CommandError, OSError, ValueError, MemoryError, RuntimeError, EOFError,
+)  # fmt: skip
 _THIRD_PARTY_ERRORS = (
     ("nibabel.filebasedimages", "ImageFileError"),  # not a NIfTI / unreadable header
     ("nibabel.spatialimages", "HeaderDataError"),  # e.g. scl_inter = inf

@@ -101,7 +101,8 @@ def _cases(args, require_labels: bool = True):
 
     external = getattr(args, "external", None)
     if (args.data is None) == (external is None):
-        raise ValueError(f"evaluate {args.action}: give exactly one of --data PREPROCESSED and --external CSV_OR_FOLDER.")
+        raise ValueError(f"evaluate {args.action}: give exactly one of --data PREPROCESSED and --external "
+                         "CSV_OR_FOLDER.")
     if args.data is not None:
         return preprocessed_cases(args.data, args.split, args.dataset_name, args.dataset_type)
     return external_cases(external, args.mapping, args.dataset_name, args.dataset_type, require_labels=require_labels)
