@@ -38,29 +38,29 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
                         help="one subset per seed")
     parser.add_argument("--train-split", default="train", help="split the subsets are drawn from")
     parser.add_argument("--eval-split", default="test", help="split the runs are evaluated on")
-    parser.add_argument("--valid-fraction", type=float_between(0, 1, low_open=True, high_open=True), default=0.2,
+    parser.add_argument("--valid-fraction", type=float, default=0.2,
                         help="hold-out share of each subset, in (0, 1)")
     parser.add_argument("--min-scans", type=positive_int, default=5, help="smallest subset, in scans")
     g = parser.add_argument_group("linear probe")
     g.add_argument("--lr", type=float_at_least(0, open_=True), default=probe.learning_rate, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float_at_least(0), default=probe.weight_decay, help="AdamW weight decay")
-    g.add_argument("--probe-batch-size", type=positive_int, default=probe.batch_size, help="latents per step")
-    g.add_argument("--epochs", type=positive_int, default=probe.max_epochs, help="most epochs")
-    g.add_argument("--patience", type=positive_int, default=probe.patience, help="early-stopping patience (epochs)")
+    g.add_argument("--probe-batch-size", type=int, default=probe.batch_size, help="latents per step")
+    g.add_argument("--epochs", type=int, default=probe.max_epochs, help="most epochs")
+    g.add_argument("--patience", type=int, default=probe.patience, help="early-stopping patience (epochs)")
     g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=positive_int, default=lora.r, help="adapter rank")
+    g.add_argument("--lora-r", type=int, default=lora.r, help="adapter rank")
     g.add_argument("--lora-alpha", type=positive_int, default=lora.alpha, help="adapter scaling alpha")
     g.add_argument("--lora-dropout", type=float_between(0, 1, high_open=True), default=lora.dropout,
                    help="adapter dropout, in [0, 1)")
     g.add_argument("--lora-lr", type=float_at_least(0, open_=True), default=lora.learning_rate,
                    help="AdamW learning rate")
-    g.add_argument("--lora-batch-size", type=positive_int, default=lora.batch_size, help="images per step")
-    g.add_argument("--lora-epochs", type=positive_int, default=lora.max_epochs, help="most epochs")
-    g.add_argument("--lora-patience", type=positive_int, default=lora.patience, help="early-stopping patience (epochs)")
+    g.add_argument("--lora-batch-size", type=int, default=lora.batch_size, help="images per step")
+    g.add_argument("--lora-epochs", type=int, default=lora.max_epochs, help="most epochs")
+    g.add_argument("--lora-patience", type=int, default=lora.patience, help="early-stopping patience (epochs)")
     g.add_argument("--lora-mlp", action="store_true", help="also adapt the transformer MLP layers")
     g.add_argument("--lora-targets", nargs="+", help="module names to adapt (default: found from the backbone)")
     g.add_argument("--no-save-adapters", action="store_true", help="do not write the LoRA adapters")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass when encoding")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass when encoding")
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -68,6 +68,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args) -> int:
     from .fewshot import LinearProbeConfig, LoraTrainConfig, run_fewshot
 
+    # Checked here (one error line, before the model is loaded) rather than by argparse, whose message differs.
     for name in ("epochs", "patience", "probe_batch_size", "lora_epochs", "lora_patience", "lora_batch_size",
                  "lora_r", "batch_size"):  # fmt: skip
         if getattr(args, name) < 1:
