@@ -57,6 +57,16 @@ def test_space_folder_is_complete(space, capsys):
     assert "neither a model folder nor a Hub id" in capsys.readouterr().err
 
 
+def test_space_for_a_hub_id_names_it(space, tmp_path):
+    wheel = next((space / "wheels").glob("x2ctclip-*.whl"))
+    assert cli_main(["space", str(tmp_path / "hub_space"), "--model", "someone/x2ctclip-swin", "--wheel", str(wheel)]) == 0
+    from huggingface_hub import metadata_load
+
+    assert metadata_load(tmp_path / "hub_space" / "README.md")["models"] == ["someone/x2ctclip-swin"]
+    assert "'someone/x2ctclip-swin'" in (tmp_path / "hub_space" / "space_app.py").read_text()
+    assert not (tmp_path / "hub_space" / "model").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -347,8 +347,10 @@ def _towers_details(config: dict, parameter_counts: Mapping[str, int] | None, lo
         rows.append(
             (
                 "CT (3D)",
-                f"CT-CLIP CTViT: {ct.get('num_frames')} x {ct.get('image_size')} x {ct.get('image_size')} voxels "
-                f"(1.5 x 0.75 x 0.75 mm), patches {ct.get('temporal_patch_size')} x {ct.get('patch_size')} x "
+                f"CT-CLIP CTViT: {ct.get('num_frames')} x {ct.get('image_size')} x {ct.get('image_size')} voxels"
+                # CT-CLIP's grid is 1.5 x 0.75 x 0.75 mm; another grid's spacing is in the processor config.
+                + (" (1.5 x 0.75 x 0.75 mm)" if (ct.get("num_frames"), ct.get("image_size")) == (240, 480) else "")
+                + f", patches {ct.get('temporal_patch_size')} x {ct.get('patch_size')} x "
                 f"{ct.get('patch_size')}, width {ct.get('dim')}, {ct.get('spatial_depth')} spatial + "
                 f"{ct.get('temporal_depth')} temporal layers",
             )

@@ -521,7 +521,8 @@ def _quickstart_card(folder: Path, runs: Path, pre: Path, metrics: dict[str, Any
         "metrics": [{"type": "roc_auc", "name": "AUROC (macro)", "config": "macro", "value": x2ct["macro_auroc"]}],
         "n_cases": x2ct.get("n"),
     }] if isinstance(x2ct.get("macro_auroc"), (int, float)) else None
-    finish_model_folder(folder, model_id="model", training_info=info, metrics=evaluation,
+    finish_model_folder(folder, model_id="model", model_name=f"x2ctclip-quickstart-{metrics['preset']}",
+                        training_info=info, metrics=evaluation,
                         built_on=[runs / "ctclip" / "model"], tags=["synthetic-data"])
 
 

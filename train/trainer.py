@@ -752,5 +752,6 @@ def write_model_card(folder: Path, title: str, summary: str, config: TrainConfig
     # A teacher folder without a tokenizer (a conversion without --tokenizer) gives a folder without one; said on exit.
     teacher = getattr(config, "ctclip_model", None)
     require_tokenizer = not (teacher and Path(teacher).is_dir() and not (Path(teacher) / "tokenizer_config.json").is_file())
-    finish_model_folder(folder, model_id="model", training_info=info, built_on=[b for b in built_on if b],
-                        require_tokenizer=require_tokenizer)
+    name = f"x2ctclip-{Path(config.output_dir).name}" if getattr(config, "output_dir", None) else None
+    finish_model_folder(folder, model_id="model", model_name=name, training_info=info,
+                        built_on=[b for b in built_on if b], require_tokenizer=require_tokenizer)
