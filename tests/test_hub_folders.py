@@ -114,6 +114,8 @@ def test_every_folder_is_a_valid_hub_folder_with_one_kind_of_card(folders):
         meta = metadata_load(folders["convert-ctclip"] / "README.md")
         assert meta["datasets"] == ["ibrahimhamamci/CT-RATE"] and "pipeline_tag" not in meta
     assert json.loads((folders["evaluate calibrate"] / "config.json").read_text())["calibration"]
+    files_table = (folders["evaluate calibrate"] / "README.md").read_text().split("\n## Files\n", 1)[1]
+    assert "`calibration.json`" in files_table.split("\n## ", 1)[0]
 
 
 REMOTE = textwrap.dedent(

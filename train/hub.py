@@ -1325,6 +1325,9 @@ def save_for_hub(
                 "copied flat into one folder, so modeling_x2ctclip/ and processors/ must not share file names."
             )
         _add_auto_map_entries(tmp, towers)
+        from .hub_folders import _make_configs_portable
+
+        _make_configs_portable(tmp)  # e.g. a tokenizer's name_or_path: the local folder it was loaded from
         card = build_model_card(
             config,
             metrics=metrics,

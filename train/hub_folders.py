@@ -20,7 +20,14 @@ from typing import Any
 
 from . import hub
 
-__all__ = ["finish_model_folder", "portable_reference", "read_card_metadata", "run_training_info", "save_model_folder"]
+__all__ = [
+    "finish_model_folder",
+    "portable_reference",
+    "read_card_metadata",
+    "refresh_model_folder",
+    "run_training_info",
+    "save_model_folder",
+]
 
 # JSON files whose string values may record where a tower was loaded from (tokenizer.json only holds the vocabulary).
 _CONFIG_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
@@ -258,3 +265,26 @@ def save_model_folder(
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def refresh_model_folder(folder: str | os.PathLike) -> list[str]:
+    """After a command added files to a finished folder (``evaluate calibrate``: ``calibration`` in config.json,
+    ``calibration.json``): make the configs portable again and rewrite the card's ``## Files`` table from what is in
+    the folder, keeping the rest of the card. Returns the folder's remaining Hub-folder errors (an older folder may
+    have some; they are the caller's to report, the edit itself is done)."""
+    import re
+
+    folder = Path(folder)
+    _make_configs_portable(folder)
+    readme = folder / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        files = [f for f in hub._folder_files(folder) if f[0] != "README.md"] + [("README.md", None)]
+        table = hub._files_section(files)
+        new = re.sub(r"(\n## Files\n\n)(.*?)(\n\n## |\Z)", lambda m: m.group(1) + table + m.group(3), text,
+                     count=1, flags=re.DOTALL)
+        if new != text:
+            tmp = folder / ".README.md.tmp"
+            tmp.write_text(new, encoding="utf-8")
+            os.replace(tmp, readme)
+    return hub.validate_hub_folder(folder).errors
