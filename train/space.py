@@ -124,6 +124,9 @@ def build_space(out_dir: str | os.PathLike, model: str, *, wheel: str | os.PathL
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ValueError(f"{out_dir}: exists and is not an empty folder (pass --overwrite to replace it).")
+    if not (DEMO_DIR / "app.py").is_file():
+        # The demo files ship with the source tree, not inside the wheel.
+        raise ValueError(f"{DEMO_DIR}: no demo app here; run x2ctclip space from a source checkout of x2ctclip.")
     model_path = Path(model)
     if model_path.exists():
         if not (model_path / "config.json").is_file():
