@@ -12,7 +12,9 @@
 - :func:`push_folder` uploads with ``HfApi.create_repo`` + ``HfApi.upload_folder``; ``dry_run=True`` lists the files
   (with sizes) that would go up and validates everything without any network access.
 
-The evaluation JSON read by :func:`load_evaluation_results` is documented in ``docs/hub.md``.
+The evaluation JSON read by :func:`load_evaluation_results` is documented in ``docs/hub.md``. The commands that write
+model folders (quickstart, train, assemble, convert-ctclip, evaluate calibrate) finish them through
+:mod:`x2ctclip.train.hub_folders`, which uses this module's card builder and folder check.
 """
 
 from __future__ import annotations
