@@ -186,7 +186,7 @@ class X2CTCLIPConfig(PreTrainedConfig):
     def to_dict(self) -> dict:
         """The config as saved. ``register_for_auto_class`` records one auto class per model class, so
         ``save_pretrained`` writes only ``AutoModel``; a model with a CXR and a report tower also serves
-        ``AutoModelForZeroShotImageClassification`` (the transformers pipeline loads through it), with the same class."""
+        ``AutoModelForZeroShotImageClassification`` (the transformers pipeline loads through it), same class."""
         output = super().to_dict()
         auto_map = output.get("auto_map")
         towers = output.get("towers") or []

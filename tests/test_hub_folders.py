@@ -145,7 +145,8 @@ REMOTE = textwrap.dedent(
         if "cxr" in model.config.towers and "text" in model.config.towers:
             classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
             findings = list(model.config.findings[:3])
-            result = classifier(image, candidate_labels=findings, hypothesis_template=model.config.prompt_templates[0][0])
+            template = model.config.prompt_templates[0][0]
+            result = classifier(image, candidate_labels=findings, hypothesis_template=template)
             entry["pipeline"] = {r["label"]: r["score"] for r in result}
             entry["pipeline_model"] = type(classifier.model).__module__
         report[folder] = entry

@@ -59,7 +59,8 @@ def test_space_folder_is_complete(space, capsys):
 
 def test_space_for_a_hub_id_names_it(space, tmp_path):
     wheel = next((space / "wheels").glob("x2ctclip-*.whl"))
-    assert cli_main(["space", str(tmp_path / "hub_space"), "--model", "someone/x2ctclip-swin", "--wheel", str(wheel)]) == 0
+    out = tmp_path / "hub_space"
+    assert cli_main(["space", str(out), "--model", "someone/x2ctclip-swin", "--wheel", str(wheel)]) == 0
     from huggingface_hub import metadata_load
 
     assert metadata_load(tmp_path / "hub_space" / "README.md")["models"] == ["someone/x2ctclip-swin"]

@@ -133,9 +133,10 @@ def run_training_info(title: str, summary: str, options: Mapping[str, Any], resu
     # Summaries name the data and teacher folders; on the card they become folder names or Hub ids.
     description = hub._PROSE_PATH.sub(lambda m: portable_reference(m.group(0)) or "(temporary folder)", description)
     info: dict[str, Any] = {"description": description, "hyperparameters": hyper}
-    for key, label, digits in (("global_step", "optimiser steps", None), ("epochs", "epochs", 3),
-                               ("samples_seen", "training rows seen", None),
-                               ("train_runtime_s", "training runtime (s)", 1), ("train_loss", "final training loss", 6)):
+    facts = (("global_step", "optimiser steps", None), ("epochs", "epochs", 3),
+             ("samples_seen", "training rows seen", None), ("train_runtime_s", "training runtime (s)", 1),
+             ("train_loss", "final training loss", 6))
+    for key, label, digits in facts:
         value = result.get(key)
         if isinstance(value, (int, float)):
             info[label] = round(float(value), digits) if digits else value

@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / "spaces_demo"
 APP_FILES = ("app.py", "demo_engine.py")
 
-SPACE_APP = '''"""Space entry point written by `x2ctclip space`: serve the model named below (a folder in this Space or a Hub id)
-on 0.0.0.0:7860 as Spaces expect; X2CTCLIP_DEMO_MODEL, when set as a Space variable, takes precedence."""
+SPACE_APP = '''"""Space entry point written by `x2ctclip space`: serve the model named below (a folder in this Space
+or a Hub id) on 0.0.0.0:7860 as Spaces expect; X2CTCLIP_DEMO_MODEL, set as a Space variable, takes precedence."""
 
 import os
 import sys

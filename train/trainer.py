@@ -751,7 +751,9 @@ def write_model_card(folder: Path, title: str, summary: str, config: TrainConfig
     built_on = [getattr(config, name, None) for name in ("ctclip_model", "text_model", "cxr_model", "init_model")]
     # A teacher folder without a tokenizer (a conversion without --tokenizer) gives a folder without one; said on exit.
     teacher = getattr(config, "ctclip_model", None)
-    require_tokenizer = not (teacher and Path(teacher).is_dir() and not (Path(teacher) / "tokenizer_config.json").is_file())
+    teacher_dir = Path(teacher) if teacher else None
+    require_tokenizer = not (teacher_dir and teacher_dir.is_dir()
+                             and not (teacher_dir / "tokenizer_config.json").is_file())
     name = f"x2ctclip-{Path(config.output_dir).name}" if getattr(config, "output_dir", None) else None
     finish_model_folder(folder, model_id="model", model_name=name, training_info=info,
                         built_on=[b for b in built_on if b], require_tokenizer=require_tokenizer)
