@@ -183,6 +183,19 @@ class X2CTCLIPConfig(PreTrainedConfig):
         if len(set(self.findings)) != len(self.findings):
             raise ValueError("X2CTCLIPConfig.findings holds duplicate names.")
 
+    def to_dict(self) -> dict:
+        """The config as saved. ``register_for_auto_class`` records one auto class per model class, so
+        ``save_pretrained`` writes only ``AutoModel``; a model with a CXR and a report tower also serves
+        ``AutoModelForZeroShotImageClassification`` (the transformers pipeline loads through it), same class."""
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        towers = output.get("towers") or []
+        zero_shot = "AutoModelForZeroShotImageClassification"
+        if isinstance(auto_map, dict) and "AutoModel" in auto_map and zero_shot not in auto_map:
+            if "cxr" in towers and "text" in towers and str(auto_map["AutoModel"]).endswith(".X2CTCLIPModel"):
+                output["auto_map"] = {**auto_map, zero_shot: auto_map["AutoModel"]}
+        return output
+
     @property
     def loss_weights(self) -> dict[str, float]:
         """alpha (CT-report), beta (CXR-report), gamma (CXR-CT)."""

@@ -858,6 +858,9 @@ def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] |
             demo.unlink(missing_ok=True)
         else:
             write_atomic(demo, json.dumps({"cxr": jsonable(calibration)}, indent=2) + "\n")
+    from .hub_folders import refresh_model_folder
+
+    refresh_model_folder(model_dir)  # the card's file table lists calibration.json; configs stay portable
     return path
 
 

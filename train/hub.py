@@ -12,7 +12,9 @@
 - :func:`push_folder` uploads with ``HfApi.create_repo`` + ``HfApi.upload_folder``; ``dry_run=True`` lists the files
   (with sizes) that would go up and validates everything without any network access.
 
-The evaluation JSON read by :func:`load_evaluation_results` is documented in ``docs/hub.md``.
+The evaluation JSON read by :func:`load_evaluation_results` is documented in ``docs/hub.md``. The commands that write
+model folders (quickstart, train, assemble, convert-ctclip, evaluate calibrate) finish them through
+:mod:`x2ctclip.train.hub_folders`, which uses this module's card builder and folder check.
 """
 
 from __future__ import annotations
@@ -97,7 +99,21 @@ _LICENSE_NAMES = {
     "apache-2.0": ("Apache License 2.0", "https://www.apache.org/licenses/LICENSE-2.0"),
     "mit": ("MIT License", "https://opensource.org/licenses/MIT"),
 }
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _is_repo_id(value: Any) -> bool:
+    """``owner/name`` as ``huggingface_hub.utils.validate_repo_id`` accepts it (a bare name is not a full Hub id)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(value, str) or value.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
 # Remote-code import names whose pip distribution has another name.
 _PIP_NAMES = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml", "skimage": "scikit-image"}
 _HIDDEN_UPLOAD_PATTERNS = [".*", "*/.*", "__pycache__", "*/__pycache__/*", "__pycache__/*", "*.pyc"]
@@ -333,8 +349,10 @@ def _towers_details(config: dict, parameter_counts: Mapping[str, int] | None, lo
         rows.append(
             (
                 "CT (3D)",
-                f"CT-CLIP CTViT: {ct.get('num_frames')} x {ct.get('image_size')} x {ct.get('image_size')} voxels "
-                f"(1.5 x 0.75 x 0.75 mm), patches {ct.get('temporal_patch_size')} x {ct.get('patch_size')} x "
+                f"CT-CLIP CTViT: {ct.get('num_frames')} x {ct.get('image_size')} x {ct.get('image_size')} voxels"
+                # CT-CLIP's grid is 1.5 x 0.75 x 0.75 mm; another grid's spacing is in the processor config.
+                + (" (1.5 x 0.75 x 0.75 mm)" if (ct.get("num_frames"), ct.get("image_size")) == (240, 480) else "")
+                + f", patches {ct.get('temporal_patch_size')} x {ct.get('patch_size')} x "
                 f"{ct.get('patch_size')}, width {ct.get('dim')}, {ct.get('spatial_depth')} spatial + "
                 f"{ct.get('temporal_depth')} temporal layers",
             )
@@ -426,7 +444,7 @@ def _evaluation_section(results: Sequence[EvaluationResult]) -> str:
     return "\n".join(parts).rstrip()
 
 
-def _training_section(training_info: Mapping[str, Any] | None) -> str:
+def _training_section(training_info: Mapping[str, Any] | None, has_cxr: bool = True) -> str:
     method = (
         "X2CT-CLIP (You et al. 2025) trains only the CXR encoder and its projection. Each training CXR is *simulated* "
         "from a chest CT of CT-RATE, and is aligned by contrastive learning (symmetric InfoNCE) with the CT-CLIP "
@@ -436,6 +454,11 @@ def _training_section(training_info: Mapping[str, Any] | None) -> str:
         "frontal radiograph, without scatter or detector modelling), rotating it upright, scaling it to 8 bits and "
         "resizing it to 224 x 224 px."
     )
+    if not has_cxr:
+        method = (
+            "A CT-CLIP stage trains the CT tower and the report tower (or only its projection) with the symmetric "
+            "InfoNCE loss between CT volumes and their radiology reports; it has no chest X-ray tower."
+        )
     if not training_info:
         return (
             f"{method}\n\n**This checkpoint came without a record of its training run** (no data set, simulation or "
@@ -693,8 +716,10 @@ def build_model_card(
     parameter_counts: Mapping[str, int] | None = None,
     logit_scale: float | None = None,
     ctclip_derived: bool = True,
+    training_text: str | None = None,
 ) -> ModelCard:
-    """Model card of an X2CT-CLIP checkpoint (a model with a CXR tower).
+    """The one model card builder: every model folder the package writes gets its card from here (an X2CT-CLIP model
+    with a CXR tower, a CT-CLIP stage or conversion with CT and report towers only).
 
     Args:
         config: the model's :class:`~x2ctclip.X2CTCLIPConfig` (or its dict).
@@ -713,9 +738,14 @@ def build_model_card(
         parameter_counts: parameters per tower, for the details section.
         logit_scale: the weights' (log) logit scale, for the details section.
         ctclip_derived: the CT / report towers come from CT-CLIP (adds the CC BY-NC-SA notice and the citation).
+        training_text: Markdown for the training section, replacing the one made from ``training_info``.
+
+    Without a CXR tower the card has no ``pipeline_tag`` (no transformers pipeline task takes a CT volume and
+    report prompts) and describes CT and report encoders.
 
     Raises:
-        ValueError: for an unknown license, malformed evaluation results or training info.
+        ValueError: for an unknown license, malformed evaluation results, training info or base model / data set
+            names that are not Hub ids.
     """
     config = _config_dict(config)
     if isinstance(training_info, (str, os.PathLike)):
@@ -736,7 +766,11 @@ def build_model_card(
     info = dict(training_info or {})
     base = _list(base_models) + [m for m in _list(info.get("base_models")) if m not in _list(base_models)]
     data = _list(datasets) + [d for d in _list(info.get("datasets")) if d not in _list(datasets)]
-    all_tags = list(DEFAULT_TAGS) + [t for t in (tags or []) if t not in DEFAULT_TAGS]
+    default_tags = [t for t in DEFAULT_TAGS if has_cxr or t != "chest-x-ray"]
+    all_tags = default_tags + [t for t in (tags or []) if t not in default_tags]
+    bad_ids = [name for name in base + data if not _is_repo_id(name)]
+    if bad_ids:
+        raise ValueError(f"base_models / datasets must be Hub ids ('owner/name'), got {bad_ids}.")
     eval_results = [r for result in results for r in result.to_eval_results()]
     card_data = ModelCardData(
         license=license,
@@ -786,7 +820,27 @@ def build_model_card(
         "It was trained on CXRs *simulated* from CT volumes; its behaviour on real radiographs has to be validated on "
         "real data first."
     )
-    citation = "```bibtex\n" + X2CTCLIP_CITATION + ("\n\n" + CTCLIP_CITATION if ctclip_derived else "") + "\n```"
+    if not has_cxr:
+        summary = (
+            f"**{model_name}** holds the CT and report encoders of a [CT-CLIP](https://arxiv.org/abs/2403.17834) "
+            "model (no chest X-ray tower): it aligns chest CT volumes with their radiology reports and scores the "
+            f"{len(config.get('findings') or [])} listed findings zero-shot from a CT volume. These towers are the "
+            "frozen teachers of an X2CT-CLIP chest X-ray encoder."
+        )
+        intended = (
+            "- Research on 3D chest CT: zero-shot scoring of the listed findings from a CT volume, CT-report "
+            "retrieval, CT and report embeddings.\n- The frozen CT and report towers of X2CT-CLIP.\n\n"
+            "Out of scope: any clinical use, and commercial use where the license is non-commercial."
+        )
+        limitations = (
+            "- CT-RATE's labels were extracted from reports by a RadBERT classifier (about 4 % of validation labels "
+            "change when it is re-run).\n- Inputs must be preprocessed as the volume processor of this folder does "
+            "(HU window, spacing, crop / pad); other preprocessing silently degrades the scores.\n"
+            "- Populations, scanners and protocols other than the training data's are uncharacterised.\n"
+            "- Scores are not calibrated probabilities."
+        )
+    cites = ([X2CTCLIP_CITATION] if has_cxr else []) + ([CTCLIP_CITATION] if ctclip_derived or not has_cxr else [])
+    citation = "```bibtex\n" + "\n\n".join(cites) + "\n```"
     return _render(
         card_data,
         model_name=model_name,
@@ -796,7 +850,7 @@ def build_model_card(
         model_details=_towers_details(config, parameter_counts, logit_scale),
         intended_use=intended,
         limitations=limitations,
-        training_section=_training_section(training_info),
+        training_section=training_text if training_text is not None else _training_section(training_info, has_cxr),
         prompts_section=_prompts_section(config),
         evaluation_section=_evaluation_section(results),
         usage_section=_usage_section(model_id, config, requirements),
@@ -824,22 +878,7 @@ def build_ctclip_model_card(
     The original license (CC BY-NC-SA 4.0) and the CT-CLIP citation are carried over; the source checkpoint's file
     name, size and SHA-256 (when given) record where the weights came from.
     """
-    config = _config_dict(config)
-    results = load_evaluation_results(metrics)
     model_name = model_name or (model_id.split("/")[-1] if model_id else "ct-clip-transformers")
-    model_id = model_id or model_name
-    eval_results = [r for result in results for r in result.to_eval_results()]
-    card_data = ModelCardData(
-        license=CTCLIP_LICENSE,
-        library_name=LIBRARY_NAME,
-        tags=[t for t in DEFAULT_TAGS if t != "chest-x-ray"] + ["ct-clip", "3d"],
-        base_model=[CXR_BERT],
-        datasets=[CTCLIP_DATASET],
-        language=["en"],
-        metrics=sorted({r.metric_type for r in eval_results}) or None,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-    )
     provenance = ["Converted from the original CT-CLIP checkpoint with `x2ctclip convert-ctclip`; every tensor of the "
                   "encoder path is copied unchanged (the decoder-side tensors CT-CLIP stores are dropped)."]
     if source_checkpoint is not None:
@@ -855,45 +894,25 @@ def build_ctclip_model_card(
             f"**No tokenizer was saved with this conversion.** The report tower needs CXR-BERT's tokenizer (`{CXR_BERT}`); "
             "add it to this folder (`BertTokenizer.from_pretrained(...).save_pretrained(folder)`) before using it."
         )
-    summary = (
-        f"**{model_name}** holds the CT and report encoders of [CT-CLIP](https://arxiv.org/abs/2403.17834) "
-        "(Hamamci et al.), converted to a transformers model by the x2ctclip project. CT-CLIP aligns non-contrast "
-        "chest CT volumes with their radiology reports and detects abnormalities zero-shot from a CT volume. These "
-        "frozen towers are the teachers of X2CT-CLIP's chest X-ray encoder."
-    )
     training = (
         f"CT-CLIP was trained by its authors on the CT-RATE training split (`{CTCLIP_DATASET}`: 20,000 patients, "
         "non-contrast chest CT volumes paired with their radiology reports); its report tower starts from CXR-BERT "
         f"(`{CXR_BERT}`). Nothing was re-trained here.\n\n" + "\n\n".join(provenance)
     )
-    intended = (
-        "- Research on 3D chest CT: zero-shot scoring of the listed findings from a CT volume, CT-report retrieval, "
-        "CT and report embeddings.\n- The frozen CT and report towers of X2CT-CLIP.\n\n"
-        "Out of scope: any clinical use, and commercial use (the license is non-commercial)."
-    )
-    limitations = (
-        "- CT-RATE's labels were extracted from reports by a RadBERT classifier (about 4 % of validation labels change "
-        "when it is re-run).\n- Inputs must be preprocessed exactly as CT-CLIP's (HU clipped to [-1000, 1000], /1000, "
-        "1.5 x 0.75 x 0.75 mm, 240 x 480 x 480 centre crop / pad); other preprocessing silently degrades the scores.\n"
-        "- Trained on non-contrast chest CTs from a single source; other populations and protocols are uncharacterised.\n"
-        "- Scores are not calibrated probabilities."
-    )
-    return _render(
-        card_data,
+    return build_model_card(
+        config,
+        metrics=metrics,
+        model_id=model_id,
         model_name=model_name,
-        summary=summary,
-        cxr_note="",
-        has_cxr=False,
-        model_details=_towers_details(config, None, logit_scale),
-        intended_use=intended,
-        limitations=limitations,
-        training_section=training,
-        prompts_section=_prompts_section(config),
-        evaluation_section=_evaluation_section(results),
-        usage_section=_usage_section(model_id, config, requirements),
-        files_section=_files_section(files),
-        license_section=_license_section(CTCLIP_LICENSE, None, None, ctclip_derived=True),
-        citation_section="```bibtex\n" + CTCLIP_CITATION + "\n```",
+        license=CTCLIP_LICENSE,
+        base_models=[CXR_BERT],
+        datasets=[CTCLIP_DATASET],
+        tags=["ct-clip", "3d"],
+        files=files,
+        requirements=requirements,
+        logit_scale=logit_scale,
+        ctclip_derived=True,
+        training_text=training,
     )
 
 
@@ -944,7 +963,7 @@ def validate_card(card: ModelCard | str | os.PathLike, *, towers: Sequence[str] 
         problems.append(f"metadata 'pipeline_tag' must be '{PIPELINE_TAG}' for a model with a CXR tower, got {data.get('pipeline_tag')!r}")
     for key in ("base_model", "datasets"):
         for value in _list(data.get(key)):
-            if not _REPO_ID.match(value):
+            if not _is_repo_id(value):
                 problems.append(f"metadata '{key}' entry {value!r} is not a Hub id ('owner/name')")
     index = data.get("model-index")
     if index is not None:
@@ -1104,12 +1123,53 @@ def validate_hub_folder(folder: str | os.PathLike) -> FolderCheck:
         ):
             check.errors.append("tokenizer files are missing (tokenizer_config.json and tokenizer.json or vocab.txt)")
 
+    check.errors += _local_path_problems(folder)
     readme = folder / "README.md"
     if not readme.is_file():
         check.errors.append("README.md (the model card) is missing")
     else:
         check.errors += [f"README.md: {p}" for p in validate_card(readme, towers=towers)]
     return check
+
+
+# An absolute POSIX path in prose: a "/" not preceded by a word character, ":" or "/" (URLs, "and/or"), then at least
+# two components; and the temporary names writers use before the final rename.
+_PROSE_PATH = re.compile(r"(?<![\w:/.~])/(?:[\w.-]+/)+[\w.-]+")
+_TEMP_NAME = re.compile(r"\.tmp-|(?<![\w])\.tmp\b|tmp-model")
+
+
+def _local_path_problems(folder: Path) -> list[str]:
+    """Absolute local paths or temporary folder names in the card and the JSON configuration files: they name the
+    machine that wrote the folder and mean nothing to a Hub user."""
+    problems = []
+    readme = folder / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        for pattern, what in ((_PROSE_PATH, "an absolute local path"), (_TEMP_NAME, "a temporary folder name")):
+            found = sorted(set(pattern.findall(text)))
+            if found:
+                problems.append(f"README.md: names {what} ({', '.join(found[:3])})")
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, str) and (
+            (os.path.isabs(value) and value.count("/") >= 2) or _TEMP_NAME.search(value)
+        ):
+            problems.append(f"{where}: {value!r} is a local path or temporary name; record a Hub id or a relative path")
+
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                walk(json.loads(path.read_text(encoding="utf-8")), name)
+            except (OSError, json.JSONDecodeError):
+                pass  # reported by the checks that read the file
+    return problems
 
 
 def _check_image_processor(folder: Path, check: FolderCheck) -> None:
@@ -1267,6 +1327,9 @@ def save_for_hub(
                 "copied flat into one folder, so modeling_x2ctclip/ and processors/ must not share file names."
             )
         _add_auto_map_entries(tmp, towers)
+        from .hub_folders import _make_configs_portable
+
+        _make_configs_portable(tmp)  # e.g. a tokenizer's name_or_path: the local folder it was loaded from
         card = build_model_card(
             config,
             metrics=metrics,
@@ -1358,6 +1421,9 @@ def write_ctclip_model_card(
     problems = validate_card(card, towers=towers)
     if problems:
         raise ValueError("The CT-CLIP model card is invalid: " + "; ".join(problems))
+    from .hub_folders import _make_configs_portable
+
+    _make_configs_portable(out_dir)  # e.g. the tokenizer's name_or_path: the folder it was copied from
     tmp = out_dir / ".README.md.tmp"
     card.save(tmp)
     os.replace(tmp, out_dir / "README.md")
@@ -1426,7 +1492,7 @@ def push_folder(
         ValueError: an invalid ``repo_id`` or a folder that fails :func:`validate_hub_folder`.
     """
     folder = Path(folder)
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+    if not _is_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hub repository id of the form 'owner/name'.")
     check = check_hub_folder(folder)
     warnings = list(check.warnings)

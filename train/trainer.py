@@ -739,52 +739,21 @@ def volume_processor_kwargs(data_dir: str | os.PathLike) -> dict[str, Any]:
 
 def write_model_card(folder: Path, title: str, summary: str, config: TrainConfig, result: TrainResult,
                      extra: str = "") -> None:
-    """A short ``README.md`` model card: what the model is, how it was trained, the final metrics, the caveats."""
-    metrics = "\n".join(
-        f"| {k} | {v:.4f} |" for k, v in sorted(result.eval_metrics.items()) if isinstance(v, (int, float))
-    )
-    metrics_table = f"| metric | value |\n|---|---|\n{metrics}\n" if metrics else "No validation metrics were computed.\n"
-    options = "\n".join(f"- `{k}`: `{v}`" for k, v in config.to_dict().items() if k not in ("output_dir", "resume"))
-    text = f"""---
-library_name: transformers
-pipeline_tag: zero-shot-image-classification
-tags:
-- x2ctclip
-- chest-x-ray
-- ct
-- clip
----
+    """The final folder's ``README.md``: built by the package's one card builder (``x2ctclip.train.hub``), with the
+    run's measured facts (steps, runtime, final loss, last validation metrics) and its options, then validated as a
+    Hub folder (``auto_map``, remote code, processor, tokenizer, no local path). ``folder`` may be a temporary name:
+    the card names the final folder (``model``)."""
+    from .hub_folders import finish_model_folder, run_training_info
 
-# {title}
-
-{summary}
-
-Load it with
-
-```python
-import x2ctclip  # registers the model with the Auto classes (or pass trust_remote_code=True)
-from transformers import AutoModel, AutoProcessor
-
-model = AutoModel.from_pretrained("{folder.name}")
-processor = AutoProcessor.from_pretrained("{folder.name}")
-```
-
-## Training
-
-{result.global_step} optimiser steps ({result.epochs:.2f} epochs, {result.samples_seen} rows) in
-{result.train_runtime_s:.0f} s; final training loss {result.train_loss:.4f}.
-
-Options:
-
-{options}
-
-## Validation metrics (last evaluation)
-
-{metrics_table}
-{extra}
-## Limitations
-
-Research code. Not a medical device; not validated for clinical use. Metrics above are on the validation split of
-the training data and say nothing about other populations or real radiographs.
-"""
-    (folder / "README.md").write_text(text)
+    info = run_training_info(title, summary, config.to_dict(), result.to_dict(), extra)
+    # The weights a stage starts from: the CT-CLIP teacher (x2ct) or the pretrained report tower (ctclip). A Hub id
+    # goes on the card as base_model; a local folder passes on its own card's base models and data sets.
+    built_on = [getattr(config, name, None) for name in ("ctclip_model", "text_model", "cxr_model", "init_model")]
+    # A teacher folder without a tokenizer (a conversion without --tokenizer) gives a folder without one; said on exit.
+    teacher = getattr(config, "ctclip_model", None)
+    teacher_dir = Path(teacher) if teacher else None
+    require_tokenizer = not (teacher_dir and teacher_dir.is_dir()
+                             and not (teacher_dir / "tokenizer_config.json").is_file())
+    name = f"x2ctclip-{Path(config.output_dir).name}" if getattr(config, "output_dir", None) else None
+    finish_model_folder(folder, model_id="model", model_name=name, training_info=info,
+                        built_on=[b for b in built_on if b], require_tokenizer=require_tokenizer)
