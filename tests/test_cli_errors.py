@@ -89,6 +89,10 @@ CASES = [
     pytest.param("push", ["{empty_dir}", "me/model", "--dry-run"], "empty_dir", id="push-empty"),
     pytest.param("push", ["{a_file.txt}", "me/model", "--dry-run"], "a_file.txt", id="push-file"),
     pytest.param("push", ["{empty_config}", "me/model", "--dry-run"], "empty_config", id="push-empty-config"),
+    # space OUT --model DIR_OR_REPO
+    pytest.param("space", ["{root}/out_space1", "--model", "{missing}"], "missing", id="space-missing"),
+    pytest.param("space", ["{root}/out_space2", "--model", "{empty_dir}"], "empty_dir", id="space-empty"),
+    pytest.param("space", ["{a_file.txt}", "--model", "{model}"], "a_file.txt", id="space-out-file"),
     # preprocess DATA_ROOT OUT
     pytest.param("preprocess", ["{missing}", "{root}/out_pre"], "missing", id="preprocess-missing"),
     pytest.param("preprocess", ["{empty_dir}", "{root}/out_pre"], "empty_dir", id="preprocess-empty"),
