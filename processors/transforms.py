@@ -91,7 +91,9 @@ def metatensor_to_volume(image: Any, source: str | None = None) -> CTVolume:
         )
     name = source or str(image.meta.get("filename_or_obj", "MetaTensor"))
     if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"{name}: expected a channel-first CT MetaTensor of shape (1, D, H, W), got {tuple(image.shape)}.")
+        raise ValueError(
+            f"{name}: expected a channel-first CT MetaTensor of shape (1, D, H, W), got {tuple(image.shape)}."
+        )
     affine = np.asarray(image.affine.detach().cpu().numpy(), dtype=np.float64)
     if str(image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS)) == str(SpaceKeys.LPS):
         affine = _FLIP_XY @ affine

@@ -19,8 +19,8 @@ def test_saved_adapter_names_the_base_folder_not_its_absolute_path(tmp_path):
     base_dir = tmp_path / "deep" / "x2ctclip-tiny"
     X2CTCLIPModel(tiny_config(cxr=TINY_SWIN, towers=["cxr", "text"])).save_pretrained(base_dir)
     classifier = X2CTCLIPForAbnormalityClassification.from_x2ctclip(X2CTCLIPModel.from_pretrained(base_dir)).eval()
-    peft_model = get_peft_model(classifier, LoraConfig(r=2, lora_alpha=4, target_modules=lora_target_modules(classifier),
-                                                       modules_to_save=["classifier"]))
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=lora_target_modules(classifier), modules_to_save=["classifier"])
+    peft_model = get_peft_model(classifier, lora)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
