@@ -279,3 +279,8 @@ def test_attn_implementation_reaches_the_ct_tower_and_output_attentions(tester, 
     assert len(ct_attentions) == ct_config.spatial_depth + ct_config.temporal_depth
     assert a.text_model_output.attentions is not None  # BERT's eager attentions come through the same flag
     assert b.ct_model_output.attentions is None
+    # transformers' set_attn_implementation on the composite model switches the CT tower's layers too.
+    sdpa.set_attn_implementation("eager")
+    assert sdpa.ct_model.spatial_encoder.layers[0].attention.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(**x, output_attentions=True).ct_model_output.attentions[0], ct_attentions[0])
