@@ -233,9 +233,11 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
             attentions=getattr(outputs, "attentions", None),
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised CXR latents ``(B, projection_dim)`` (what the classifier reads)."""
-        return F.normalize(self.get_cxr_features(pixel_values).pooler_output, dim=-1)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        """``CLIPModel.get_image_features``'s name and return type (transformers 5): a ``BaseModelOutputWithPooling``
+        whose ``pooler_output`` is the projected, *un-normalised* latent ``(B, projection_dim)``; the classifier reads
+        its L2 normalisation (``forward(...).image_embeds``)."""
+        return self.get_cxr_features(pixel_values, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(

@@ -36,6 +36,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_x2ctclip import X2CTCLIPCTConfig
 
@@ -58,11 +59,17 @@ class X2CTCLIPCTModelOutput(ModelOutput):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with ``output_hidden_states=True``):
             ``1 + spatial_depth + temporal_depth`` tensors of shape `(B, t, h, w, dim)`: the patch embeddings, then
             the output of every spatial and every temporal layer (before its transformer's final LayerNorm).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with ``output_attentions=True`` under
+            ``attn_implementation="eager"``): ``spatial_depth`` tensors of shape `(B, t, heads, h * w, h * w)` (each
+            slab's in-plane tokens, row-major ``(h, w)``), then ``temporal_depth`` tensors of shape
+            `(B, h * w, heads, t, t)` (each in-plane position's sequence along depth); softmax weights, queries on
+            rows.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class X2CTCLIPCTPatchEmbeddings(nn.Module):
@@ -153,15 +160,44 @@ class X2CTCLIPCTPositionalConvolution(nn.Module):
         return grid.permute(0, 2, 3, 4, 1).reshape(n, length, dim)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit ``softmax(scaling * q k^T + attention_mask) v`` (transformers' eager attention), returning the weights.
+
+    ``query`` / ``key`` / ``value`` (N, heads, L, head_dim), ``attention_mask`` an additive float bias broadcastable
+    to (N, heads, L, L) -> output (N, L, heads, head_dim) and weights (N, heads, L, L).
+    """
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 class X2CTCLIPCTAttention(nn.Module):
     """CT-CLIP's cosine-similarity self-attention.
 
     ``q = W_q LayerNorm(x)`` and ``k, v = W_k x, W_v x`` (keys and values read the *un-normalised* input);
     ``logits = attn_logit_scale * <q / |q| * q_scale, k / |k| * k_scale> + bias``. All projections are bias-free.
+    The softmax-weighted sum runs through ``config._attn_implementation`` (``"sdpa"`` by default, or ``"eager"``,
+    which also returns the attention weights), as in transformers' own models.
     """
+
+    is_causal = False  # read by transformers' SDPA interface: no causal mask, the bias is the only mask
 
     def __init__(self, config: X2CTCLIPCTConfig):
         super().__init__()
+        self.config = config
         self.heads = config.heads
         self.head_dim = config.dim_head
         self.logit_scale = float(config.attn_logit_scale)
@@ -179,8 +215,13 @@ class X2CTCLIPCTAttention(nn.Module):
         n, length, _ = x.shape
         return x.reshape(n, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden_states: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``hidden_states`` (N, L, dim); ``attn_bias`` (heads, L, L) or None -> (N, L, dim)."""
+    def forward(
+        self, hidden_states: torch.Tensor, attn_bias: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``hidden_states`` (N, L, dim); ``attn_bias`` (heads, L, L) or None -> ((N, L, dim), weights or None).
+
+        The weights (N, heads, L, L) are returned with ``output_attentions`` under eager attention.
+        """
         q = self._split_heads(self.q_proj(self.norm(hidden_states)))
         k = self._split_heads(self.k_proj(hidden_states))
         v = self._split_heads(self.v_proj(hidden_states))
@@ -188,11 +229,13 @@ class X2CTCLIPCTAttention(nn.Module):
         k = F.normalize(k, dim=-1) * self.k_scale
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype).unsqueeze(0)
-        # SDPA computes softmax(scale * q k^T + attn_mask) v: the fixed logit scale goes in `scale`, the additive
-        # position bias in `attn_mask` (a float mask is added to the logits).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.logit_scale)
-        n, _, length, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, self.heads * self.head_dim))
+        # Both compute softmax(scale * q k^T + bias) v: the fixed logit scale is the `scaling`, the additive position
+        # bias the float `attention_mask` (SDPA adds a float mask to the logits).
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, weights = interface(self, q, k, v, attn_bias, scaling=self.logit_scale, dropout=0.0)
+        n, length = out.shape[:2]
+        out = self.out_proj(out.reshape(n, length, self.heads * self.head_dim))
+        return out, (weights if output_attentions else None)
 
 
 class X2CTCLIPCTFeedForward(nn.Module):
@@ -227,10 +270,12 @@ class X2CTCLIPCTLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         grid_shape: tuple[int, int, int, int],
         attn_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_states = hidden_states + self.peg(hidden_states, grid_shape)
-        hidden_states = hidden_states + self.attention(hidden_states, attn_bias)
-        return hidden_states + self.feed_forward(hidden_states)
+        attn_out, weights = self.attention(hidden_states, attn_bias, output_attentions)
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.feed_forward(hidden_states), weights
 
 
 class X2CTCLIPCTTransformer(nn.Module):
@@ -248,13 +293,17 @@ class X2CTCLIPCTTransformer(nn.Module):
         attn_bias: torch.Tensor | None = None,
         all_hidden_states: list[torch.Tensor] | None = None,
         to_grid=None,
+        all_attentions: list[torch.Tensor] | None = None,
+        to_batch=None,
     ) -> torch.Tensor:
         """``hidden_states`` (N, L, dim). When ``all_hidden_states`` is a list, ``to_grid(x)`` of every layer output
-        is appended to it."""
+        is appended to it; when ``all_attentions`` is a list, ``to_batch(w)`` of every layer's attention weights."""
         for layer in self.layers:
-            hidden_states = layer(hidden_states, grid_shape, attn_bias)
+            hidden_states, weights = layer(hidden_states, grid_shape, attn_bias, all_attentions is not None)
             if all_hidden_states is not None:
                 all_hidden_states.append(to_grid(hidden_states))
+            if all_attentions is not None:
+                all_attentions.append(to_batch(weights))
         return self.norm_out(hidden_states)
 
 
@@ -365,6 +414,7 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
         self,
         ct_values: torch.FloatTensor,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> X2CTCLIPCTModelOutput | tuple:
         r"""Encode CT volumes.
@@ -373,6 +423,8 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
             ct_values (`torch.FloatTensor` of shape `(B, channels, D, H, W)`): HU / 1000 clipped to [-1, 1], D a
                 multiple of ``temporal_patch_size`` (slices of 1.5 mm), H = W = ``image_size`` (0.75 mm voxels).
             output_hidden_states: also return the token grid after the patch embedding and after every layer.
+            output_attentions: also return every layer's attention weights; needs ``attn_implementation="eager"``
+                (SDPA does not form the weights).
             return_dict: return an :class:`X2CTCLIPCTModelOutput` (default: ``config.return_dict``) or a tuple.
 
         Returns:
@@ -382,13 +434,21 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs eager attention; this CT model uses "
+                f"attn_implementation={self.config._attn_implementation!r}. Load it with attn_implementation='eager' "
+                "or call model.set_attn_implementation('eager')."
+            )
         self._check_input(ct_values)
 
         tokens = self.embeddings(ct_values.to(self.embeddings.projection.weight.dtype))
         b, t, h, w, dim = tokens.shape
         grid_shape = (b, t, h, w)
         all_hidden_states = [tokens] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
 
         # Spatial transformer: one sequence of h*w tokens per (volume, slab).
         hidden = tokens.reshape(b * t, h * w, dim)
@@ -398,6 +458,8 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
             attn_bias=self.spatial_position_bias(h, w),
             all_hidden_states=all_hidden_states,
             to_grid=lambda x: x.reshape(b, t, h, w, dim),
+            all_attentions=all_attentions,
+            to_batch=lambda a: a.reshape(b, t, *a.shape[1:]),
         )
 
         # Temporal transformer: one sequence of t tokens per (volume, in-plane position).
@@ -407,6 +469,8 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
             grid_shape,
             all_hidden_states=all_hidden_states,
             to_grid=lambda x: x.reshape(b, h, w, t, dim).permute(0, 3, 1, 2, 4),
+            all_attentions=all_attentions,
+            to_batch=lambda a: a.reshape(b, h * w, *a.shape[1:]),
         )
         hidden = hidden.reshape(b, h, w, t, dim).permute(0, 3, 1, 2, 4)
 
@@ -417,9 +481,12 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
         pooled = hidden.mean(dim=1).reshape(b, h * w * dim)
 
         hidden_states = tuple(all_hidden_states) if output_hidden_states else None
+        attentions = tuple(all_attentions) if output_attentions else None
         if not return_dict:
-            return tuple(v for v in (hidden, pooled, hidden_states) if v is not None)
-        return X2CTCLIPCTModelOutput(last_hidden_state=hidden, pooler_output=pooled, hidden_states=hidden_states)
+            return tuple(v for v in (hidden, pooled, hidden_states, attentions) if v is not None)
+        return X2CTCLIPCTModelOutput(
+            last_hidden_state=hidden, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions
+        )
 
 
 __all__ = ["X2CTCLIPCTModel", "X2CTCLIPCTModelOutput", "X2CTCLIPCTPreTrainedModel"]

@@ -7,7 +7,8 @@ Tower inputs:
 
 ``get_cxr_features`` / ``get_ct_features`` / ``get_text_features`` follow the transformers 5 convention: they return
 the tower's ``BaseModelOutputWithPooling`` whose ``pooler_output`` is replaced by the *projected, un-normalised*
-embedding, shape (B, projection_dim).
+embedding, shape (B, projection_dim). ``get_image_features`` is ``get_cxr_features`` under the name ``CLIPModel`` uses
+(the image of an image-text model is the radiograph).
 """
 
 from __future__ import annotations
@@ -187,11 +188,18 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             attentions=getattr(outputs, "attentions", None),
         )
 
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """``CLIPModel.get_image_features``'s name and return type (transformers 5): the same as
+        :meth:`get_cxr_features`, i.e. the backbone output with ``pooler_output`` = projected, un-normalised embedding
+        (B, projection_dim) of ``pixel_values`` (B, 3, H, W)."""
+        return self.get_cxr_features(pixel_values, **kwargs)
+
     def get_ct_features(self, ct_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """Encode CT volumes ``ct_values`` (B, 1, D, H, W), HU/1000 in [-1, 1].
 
         Returns the CT tower output with ``pooler_output`` = projected embedding (B, projection_dim) and
-        ``last_hidden_state`` = the quantised token grid (B, t, h, w, dim).
+        ``last_hidden_state`` = the quantised token grid (B, t, h, w, dim); ``output_attentions=True`` (eager attention)
+        adds the tower's ``attentions`` (see :class:`X2CTCLIPCTModelOutput`).
         """
         self._require("ct")
         outputs = self.ct_model(ct_values=ct_values, return_dict=True, **kwargs)
@@ -199,6 +207,7 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.ct_projection(outputs.pooler_output),
             hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
         )
 
     def get_text_features(
@@ -235,6 +244,8 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
         ct_embeds: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> X2CTCLIPOutput | tuple:
@@ -245,6 +256,8 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             ct_values: CT volumes (B, 1, D, H, W); or give ``ct_embeds`` (B, projection_dim), e.g. from a cache.
             input_ids / attention_mask / token_type_ids: reports (B, L); or give ``text_embeds`` (B, projection_dim).
             return_loss: compute the weighted contrastive loss over the pairs present (rows pair up by index).
+            output_attentions / output_hidden_states: passed to every tower run; their outputs carry the attentions
+                (eager attention) and hidden states (``cxr_model_output`` etc.).
         """
         if ct_values is not None and ct_embeds is not None:
             raise ValueError("Give either ct_values or ct_embeds, not both.")
@@ -252,16 +265,19 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             raise ValueError("Give either input_ids or text_embeds, not both.")
         out = X2CTCLIPOutput()
         cxr = ct = text = None
+        # Only flags that were set are passed, so a tower keeps its own config defaults otherwise.
+        extra = {k: v for k, v in (("output_attentions", output_attentions),
+                                   ("output_hidden_states", output_hidden_states)) if v is not None}  # fmt: skip
         if pixel_values is not None:
-            out.cxr_model_output = self.get_cxr_features(pixel_values)
+            out.cxr_model_output = self.get_cxr_features(pixel_values, **extra)
             cxr = out.cxr_model_output.pooler_output
         if ct_values is not None:
-            out.ct_model_output = self.get_ct_features(ct_values)
+            out.ct_model_output = self.get_ct_features(ct_values, **extra)
             ct = out.ct_model_output.pooler_output
         elif ct_embeds is not None:
             ct = ct_embeds
         if input_ids is not None:
-            out.text_model_output = self.get_text_features(input_ids, attention_mask, token_type_ids)
+            out.text_model_output = self.get_text_features(input_ids, attention_mask, token_type_ids, **extra)
             text = out.text_model_output.pooler_output
         elif text_embeds is not None:
             text = text_embeds

@@ -136,7 +136,8 @@ def test_loading_an_x2ctclip_folder_keeps_the_cxr_tower(base, tmp_path):
     assert torch.equal(loaded.cxr_projection.weight, base.cxr_projection.weight)
     pixels = _pixels()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.get_image_features(pixels),
+        # get_image_features returns transformers 5's BaseModelOutputWithPooling (un-normalised pooler_output).
+        torch.testing.assert_close(F.normalize(loaded.get_image_features(pixels).pooler_output, dim=-1),
                                    F.normalize(base.get_cxr_features(pixels).pooler_output, dim=-1))
 
 

@@ -159,7 +159,7 @@ def _temporal_peg_on_the_true_grid(self, hidden_states, grid_shape):
 _ORIGINAL_PEG = modeling_ct.X2CTCLIPCTPositionalConvolution.forward
 
 
-def _keys_from_normalised_input(self, hidden_states, attn_bias=None):
+def _keys_from_normalised_input(self, hidden_states, attn_bias=None, output_attentions=False):
     """Attention without CT-CLIP's quirk: keys and values read the normalised input too."""
     normed = F.layer_norm(hidden_states, hidden_states.shape[-1:], self.norm.weight)
     n, length, _ = hidden_states.shape
@@ -168,7 +168,7 @@ def _keys_from_normalised_input(self, hidden_states, attn_bias=None):
     k = F.normalize(split(self.k_proj(normed)), dim=-1) * self.k_scale
     mask = None if attn_bias is None else attn_bias.unsqueeze(0)
     out = F.scaled_dot_product_attention(q, k, split(self.v_proj(normed)), attn_mask=mask, scale=self.logit_scale)
-    return self.out_proj(out.transpose(1, 2).reshape(n, length, -1))
+    return self.out_proj(out.transpose(1, 2).reshape(n, length, -1)), None  # (output, weights) as the module returns
 
 
 @pytest.mark.parametrize(

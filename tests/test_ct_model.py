@@ -132,8 +132,82 @@ def test_sdpa_attention_matches_explicit_softmax(tester):
         _, h, w = model.config.grid_size
         x = torch.randn(3, h * w, model.config.dim)
         bias = model.spatial_position_bias(h, w)
-        torch.testing.assert_close(attn(x, bias), _naive_attention(attn, x, bias), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(attn(x), _naive_attention(attn, x, None), rtol=1e-5, atol=1e-5)
+        # The attention module returns (output, weights); weights are None unless asked for under eager attention.
+        torch.testing.assert_close(attn(x, bias)[0], _naive_attention(attn, x, bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn(x)[0], _naive_attention(attn, x, None), rtol=1e-5, atol=1e-5)
+
+
+def _perturbed(model: X2CTCLIPCTModel) -> X2CTCLIPCTModel:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():  # move scales and norms away from their identity initialisation
+            param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+def test_attn_implementation_eager_and_sdpa_agree(tester, tmp_path):
+    """``attn_implementation`` is honoured (transformers' own switch) and both paths give the same numbers."""
+    model, ct = tester.build()
+    _perturbed(model).save_pretrained(tmp_path)
+    sdpa = X2CTCLIPCTModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    eager = AutoModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert (sdpa.config._attn_implementation, eager.config._attn_implementation) == ("sdpa", "eager")
+    calls = []
+    eager_fn = modeling_ct.eager_attention_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return eager_fn(*args, **kwargs)
+
+    with torch.no_grad():
+        a = sdpa(ct, output_hidden_states=True)
+        modeling_ct.eager_attention_forward = spy
+        try:
+            b = eager(ct, output_hidden_states=True)
+            sdpa(ct)  # the SDPA model never calls the eager function
+        finally:
+            modeling_ct.eager_attention_forward = eager_fn
+    config = model.config
+    assert len(calls) == config.spatial_depth + config.temporal_depth  # eager really ran, once per layer
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, rtol=1e-5, atol=1e-5)
+    # Switching in place, as transformers' set_attn_implementation does, gives the eager path too.
+    sdpa.set_attn_implementation("eager")
+    assert sdpa.spatial_encoder.layers[0].attention.config._attn_implementation == "eager"
+
+
+def test_output_attentions_under_eager(tester):
+    model, ct = tester.build()
+    model = _perturbed(model)
+    with pytest.raises(ValueError, match="needs eager attention"):
+        model(ct, output_attentions=True)
+    model.set_attn_implementation("eager")
+    config = model.config
+    t, h, w = config.grid_size
+    with torch.no_grad():
+        out = model(ct, output_attentions=True)
+        plain = model(ct)
+    assert out.attentions is not None and len(out.attentions) == config.spatial_depth + config.temporal_depth
+    spatial, temporal = out.attentions[: config.spatial_depth], out.attentions[config.spatial_depth :]
+    assert all(a.shape == (2, t, config.heads, h * w, h * w) for a in spatial)
+    assert all(a.shape == (2, h * w, config.heads, t, t) for a in temporal)
+    for a in out.attentions:  # softmax rows
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    assert plain.attentions is None
+    torch.testing.assert_close(out.pooler_output, plain.pooler_output, rtol=0, atol=0)
+    # The first spatial layer's weights are the softmax of its logits, recomputed from the patch embeddings.
+    with torch.no_grad():
+        x0 = model(ct, output_hidden_states=True).hidden_states[0].reshape(2 * t, h * w, config.dim)
+        layer = model.spatial_encoder.layers[0]
+        x0 = x0 + layer.peg(x0, (2, t, h, w))
+        attn = layer.attention
+        q = attn._split_heads(attn.q_proj(attn.norm(x0)))
+        k = attn._split_heads(attn.k_proj(x0))
+        q = F.normalize(q, dim=-1) * attn.q_scale
+        k = F.normalize(k, dim=-1) * attn.k_scale
+        logits = attn.logit_scale * q @ k.transpose(-1, -2) + model.spatial_position_bias(h, w)
+    torch.testing.assert_close(spatial[0], logits.softmax(-1).reshape(2, t, config.heads, h * w, h * w))
 
 
 def test_position_bias_matches_every_pair_mlp():

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
 
 from x2ctclip import X2CTCLIPConfig, X2CTCLIPCTConfig, X2CTCLIPModel
@@ -237,3 +238,49 @@ def test_ct_model_registered_with_automodel(tmp_path):
     model = AutoModel.from_config(ct_config)
     model.save_pretrained(tmp_path)
     assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "X2CTCLIPCTModel"
+
+
+def test_get_image_features_returns_what_clipmodel_returns(tester):
+    """transformers 5's ``CLIPModel.get_image_features`` is the outside definition: a ``BaseModelOutputWithPooling``
+    whose ``pooler_output`` is the projected, un-normalised image embedding (the model's forward normalises it)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=8,
+    )).eval()
+    model, x = tester.model(), tester.inputs()
+    with torch.no_grad():
+        reference = clip.get_image_features(pixel_values=x["pixel_values"])
+        ours = model.get_image_features(pixel_values=x["pixel_values"])
+        forward = model(pixel_values=x["pixel_values"], input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+    assert type(ours) is type(reference)
+    assert ours.pooler_output.shape == (tester.batch, tester.config.projection_dim)
+    torch.testing.assert_close(ours.pooler_output, model.get_cxr_features(x["pixel_values"]).pooler_output)
+    torch.testing.assert_close(F.normalize(ours.pooler_output, dim=-1), forward.cxr_embeds)
+
+
+def test_attn_implementation_reaches_the_ct_tower_and_output_attentions(tester, tmp_path):
+    model, x = tester.model(), tester.inputs()
+    model.save_pretrained(tmp_path)
+    eager = X2CTCLIPModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = X2CTCLIPModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert eager.ct_model.config._attn_implementation == "eager"
+    assert sdpa.ct_model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        a = eager(**x, output_attentions=True)
+        b = sdpa(**x)
+    torch.testing.assert_close(a.logits_per_cxr_ct, b.logits_per_cxr_ct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.logits_per_ct_text, b.logits_per_ct_text, rtol=1e-5, atol=1e-5)
+    ct_config = tester.config.ct_config
+    ct_attentions = a.ct_model_output.attentions
+    assert len(ct_attentions) == ct_config.spatial_depth + ct_config.temporal_depth
+    assert a.text_model_output.attentions is not None  # BERT's eager attentions come through the same flag
+    assert b.ct_model_output.attentions is None
+    # transformers' set_attn_implementation on the composite model switches the CT tower's layers too.
+    sdpa.set_attn_implementation("eager")
+    assert sdpa.ct_model.spatial_encoder.layers[0].attention.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(**x, output_attentions=True).ct_model_output.attentions[0], ct_attentions[0])

@@ -11,6 +11,10 @@ algorithm (Zuiderveld 1994, as OpenCV's ``createCLAHE``): the image is cut into 
 tile's 256-bin histogram is clipped at ``clip_limit x (pixels per tile) / 256`` with the excess spread evenly over all
 bins, the clipped histogram's cumulative sum becomes the tile's grey-level map, and each pixel is mapped by bilinear
 interpolation between the maps of the four nearest tile centres.
+
+Why not MONAI's transforms (docs/monai.md): MONAI has no CLAHE, its random crops draw each side independently (not
+torchvision's area and log aspect ratio), its ``RandAdjustContrast`` is a gamma curve, and its ``Randomizable`` keeps
+one ``RandomState`` per transform instead of the per-row generator above.
 """
 
 from __future__ import annotations

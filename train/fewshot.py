@@ -478,6 +478,23 @@ def _run_name(method: str, fraction: float, seed: int) -> str:
     return f"{method}_f{fraction:g}_s{seed}"
 
 
+def portable_base_model_name(model_dir: str | os.PathLike) -> str:
+    """What an adapter records as ``base_model_name_or_path``: the Hub id as given when ``model_dir`` is not a local
+    folder, else the folder's own name (never an absolute local path, which means nothing on another machine)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return str(model_dir)
+    return path.resolve().name
+
+
+def save_adapter(peft_model: Any, model_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the LoRA adapter of ``peft_model`` (``PeftModel.save_pretrained``) with a portable base model name."""
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = portable_base_model_name(model_dir)
+    peft_model.save_pretrained(str(path))
+    return Path(path)
+
+
 def load_fewshot_classifier(model_dir: str | os.PathLike, run_dir: str | os.PathLike, method: str, fraction: float,
                             seed: int, merge: bool = True):  # fmt: skip
     """The classifier of one few-shot run of :func:`run_fewshot`.
@@ -740,8 +757,7 @@ def run_fewshot(
                                   lora.batch_size, loaded.device).numpy()  # fmt: skip
             name = _run_name("lora", fraction, seed)
             if save_adapters:
-                peft_model.peft_config["default"].base_model_name_or_path = str(model_dir.resolve())
-                peft_model.save_pretrained(str(out / "adapters" / name))
+                save_adapter(peft_model, model_dir, out / "adapters" / name)
             record["runs"].append({"name": name, "method": "lora", **base, "best_epoch": result.best_epoch,
                                    "epochs": result.epochs, "best_valid_loss": result.best_valid_loss,
                                    "trainable_parameters": result.trainable_parameters,
