@@ -269,6 +269,38 @@ class CSVLogger:
             csv.DictWriter(f, fieldnames=header).writerow(row)
 
 
+def _csv_tracker(output_dir: Path):
+    """An Accelerate tracker (``GeneralTracker``) writing ``train_log.csv`` and ``eval_log.csv`` (one
+    :class:`CSVLogger` per key prefix ``train/`` and ``eval/``); Accelerate ships no CSV tracker. ``start_step``,
+    set before ``init_trackers``, truncates rows written after it (on resume)."""
+    from accelerate.tracking import GeneralTracker
+
+    class CSVTracker(GeneralTracker):
+        name = "csv"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.loggers = {prefix: CSVLogger(output_dir / f"{prefix}_log.csv") for prefix in ("train", "eval")}
+            self.start_step = 0
+
+        @property
+        def tracker(self):
+            return self.loggers
+
+        def start(self):
+            for csv_logger in self.loggers.values():
+                csv_logger.truncate(self.start_step)
+
+        def log(self, values: dict, step: int | None = None, **kwargs):
+            for prefix, csv_logger in self.loggers.items():
+                selected = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith(prefix + "/")}
+                if selected:
+                    csv_logger.log(step, selected)
+
+    return CSVTracker()
+
+
 # ----------------------------------------------------------------------------------------------------- helpers
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices and kernels only (not on biases, norms, scales, the logit scale)."""
@@ -380,11 +412,25 @@ class Trainer:
         return unused
 
     def _make_accelerator(self, find_unused: bool):
+        """Accelerate does the gradient accumulation (``accumulate()``: no DDP sync and loss / N on the micro-steps
+        before the last) and the logging (its TensorBoard tracker and :func:`_csv_tracker`)."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available
 
+        trackers: list[Any] = []
+        if "csv" in self.config.report_to:
+            trackers.append(_csv_tracker(self.output_dir))
+        if "tensorboard" in self.config.report_to:
+            if is_tensorboard_available():
+                trackers.append("tensorboard")
+            else:
+                logger.warning("tensorboard is not installed: TensorBoard logging is off.")
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
-        return Accelerator(mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers, cpu=_cpu_only())
+        return Accelerator(
+            mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers, cpu=_cpu_only(),
+            gradient_accumulation_steps=self.config.gradient_accumulation_steps, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
+        )
 
     def _check_precision(self) -> None:
         if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -517,32 +563,16 @@ class Trainer:
             persistent_workers=False,
         )
 
-        tb_writer = None
-        csv_loggers: dict[str, CSVLogger] = {}
+        for tracker in acc.log_with:
+            if hasattr(tracker, "start_step"):
+                tracker.start_step = start_step
+        # On resume both trackers drop what was logged after the checkpoint (TensorBoard: purge_step).
+        acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start_step or None}})
         if acc.is_main_process:
-            if "csv" in config.report_to:
-                # One file per prefix: train_log.csv (every logging step), eval_log.csv (every evaluation).
-                for prefix in ("train", "eval"):
-                    csv_loggers[prefix] = CSVLogger(self.output_dir / f"{prefix}_log.csv")
-                    csv_loggers[prefix].truncate(start_step)
-            if "tensorboard" in config.report_to:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    tb_writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=start_step or None)
-                except ImportError:
-                    logger.warning("tensorboard is not installed: TensorBoard logging is off.")
             config.to_yaml(self.output_dir / "train_config.yaml")
 
         def log(step: int, values: dict[str, float]) -> None:
-            for prefix, csv_logger in csv_loggers.items():
-                selected = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith(prefix + "/")}
-                if selected:
-                    csv_logger.log(step, selected)
-            if tb_writer is not None:
-                for key, value in values.items():
-                    if isinstance(value, (int, float)) and math.isfinite(value):
-                        tb_writer.add_scalar(key, value, step)
+            acc.log({k: v for k, v in values.items() if not isinstance(v, float) or math.isfinite(v)}, step=step)
 
         from tqdm.auto import tqdm
 
@@ -561,16 +591,10 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         for batch in loader:
             batch = _to_device(batch, acc.device)
-            last_micro = (micro + 1) % accum == 0
-            if last_micro:
+            with acc.accumulate(module):  # backward divides the loss by accum; DDP syncs on the last micro-step only
                 output = module(**batch, return_loss=True)
-                loss = output.loss / accum
-                acc.backward(loss)
-            else:
-                with acc.no_sync(module):
-                    output = module(**batch, return_loss=True)
-                    loss = output.loss / accum
-                    acc.backward(loss)
+                acc.backward(output.loss)
+            last_micro = acc.sync_gradients
             terms = {"loss": output.loss.detach(), **self.stage.loss_terms(output)}
             for key, value in terms.items():
                 step_sums[key] = step_sums.get(key, 0.0) + value.float() / accum
@@ -663,8 +687,8 @@ class Trainer:
             os.replace(tmp, final)
             result.model_dir = str(final)
             _write_json(self.output_dir / "train_result.json", result.to_dict())
-            if tb_writer is not None:
-                tb_writer.close()
+            for tracker in acc.trackers:  # not acc.end_training(): that also ends the process group
+                tracker.finish()
         acc.wait_for_everyone()
         for cb in self.callbacks:
             cb.on_train_end(self, result)
