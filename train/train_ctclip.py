@@ -230,7 +230,6 @@ class CTCLIPStage(TrainingStage):
 
     def build_model(self):
         from x2ctclip import X2CTCLIPConfig, X2CTCLIPModel
-        from x2ctclip.loss import X2CTCLIPLoss
 
         c = self.config
         training = dict(
@@ -245,8 +244,7 @@ class CTCLIPStage(TrainingStage):
                 raise ValueError(f"{c.init_model}: the model has no {' and no '.join(missing)} tower.")
             for key, value in training.items():
                 setattr(model.config, key, value)
-            model.requires_grad_(True)
-            model.loss_fn = X2CTCLIPLoss(model.config.loss_weights)
+            model.requires_grad_(True)  # the loss reads the new weights from model.config at each call
         else:
             ct = resolve_preset(CT_PRESETS, c.ct_preset, c.ct_config, "CT")
             depth, height, width = self.ct_shape
