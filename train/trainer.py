@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -49,12 +50,14 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainerCallback",
+    "ScanStage",
     "TrainingStage",
     "build_processor",
     "find_checkpoint",
     "parameter_groups",
     "volume_processor_kwargs",
     "write_model_card",
+    "zero_shot_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,44 @@ class TrainingStage:
         ``state_dict`` is the model's full state gathered by ``accelerator.get_state_dict`` (which also works when the
         parameters are sharded, e.g. under FSDP); pass it on to ``save_pretrained``."""
         model.save_pretrained(folder, state_dict=state_dict)
+
+
+class ScanStage(TrainingStage):
+    """The base of the two stages: training rows are reconstructions of scans (``self.names``, one per row, set by
+    :meth:`setup`), and an epoch takes one reconstruction per scan (:func:`~x2ctclip.train.data.one_recon_per_scan`,
+    seeded by ``config.seed`` and the epoch)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.names: list[str] = []
+        self._epochs: dict[int, list[int]] = {}
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        order = self._epochs.get(epoch)
+        if order is None:
+            from .data import one_recon_per_scan
+
+            order = one_recon_per_scan(self.names, self.config.seed, epoch)
+            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[epoch] = order
+        return order
+
+
+def zero_shot_metrics(model, image_embeds, labels, tokenizer, max_length, device,
+                      prefix="zeroshot") -> dict[str, float]:  # fmt: skip
+    """Zero-shot macro AUROC over the findings present in ``labels`` (with both classes), from ``image_embeds``
+    (CXR or CT embeddings, ``(n, projection_dim)``) and the model's prompt pairs
+    (:class:`~x2ctclip.train.zeroshot.ZeroShotClassifier`); the validation metric of both stages."""
+    from .metrics import roc_auc
+    from .zeroshot import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier(model, tokenizer, max_length=max_length)
+    probabilities = classifier.predict_from_embeddings(image_embeds).probabilities.cpu().numpy()
+    per_finding = np.asarray(roc_auc(labels, probabilities, average=None), dtype=np.float64)
+    if not np.isfinite(per_finding).any():
+        return {}
+    return {f"{prefix}_macro_auroc": float(np.nanmean(per_finding))}
 
 
 class TrainerCallback:
