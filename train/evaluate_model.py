@@ -51,7 +51,7 @@ from .metrics import (
     precision_recall_f1,
     roc_auc,
 )
-from .retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT, retrieval_metrics
+from .retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT
 
 __all__ = [
     "Cases",
@@ -801,15 +801,20 @@ def evaluate_retrieval(
                   ("report", "ct"), ("ct", "ct"), ("cxr", "cxr")]  # fmt: skip
     names = {"cxr": "CXR", "report": "report", "ct": "CT"}
     results: dict[str, Any] = {}
+    # Computed by the package's `retrieval` evaluate module (evaluate.load on its path), as a reader would.
+    metric = load_metric("retrieval", **({"config_name": "with_labels"} if labelled else {}))
     for query, gallery in directions:
         if query not in latents or gallery not in latents:
             continue
         same = query == gallery
         if same and not labelled:
             continue  # own item left out and no labels: neither Recall@K nor MAP@K is defined
-        result = retrieval_metrics(latents[query], latents[gallery], query_labels, recall_at=recall_at,
-                                   map_at=map_at if labelled else (), exclude_self=same, normalize=False)  # fmt: skip
-        results[f"{names[query]}->{names[gallery]}"] = result.to_dict()
+        inputs = {"labels": query_labels.tolist()} if labelled else {}
+        results[f"{names[query]}->{names[gallery]}"] = metric.compute(
+            predictions=latents[query].float().cpu().tolist(), references=latents[gallery].float().cpu().tolist(),
+            recall_at=list(recall_at), map_at=list(map_at) if labelled else [], exclude_self=same, normalize=False,
+            **inputs,
+        )
     if not results:
         raise ValueError(f"{model_dir}: no retrieval direction can be computed ({'; '.join(notes)}); pass --cache.")
     metrics = []
