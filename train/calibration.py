@@ -229,7 +229,7 @@ def fit_platt(
 def _roc_columns(y: np.ndarray, s: np.ndarray, valid: np.ndarray):
     """Per column with both classes annotated: scikit-learn's ROC points (``roc_curve`` with every distinct annotated
     score kept: thresholds descending, ``score >= threshold`` positive); None for single-class columns."""
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # lazy: the demo imports this module for Calibrator alone
 
     two = _two_classes(y, valid)
     out = []

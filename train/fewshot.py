@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from iterstrat.ml_stratifiers import IterativeStratification
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -92,8 +93,6 @@ def iterative_stratification(labels: Any, proportions: Sequence[float], seed: in
     Returns:
         ``(n,)`` fold index of every example.
     """
-    from iterstrat.ml_stratifiers import IterativeStratification
-
     y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) > 0.5
     if y.ndim != 2:
         raise ValueError(f"labels must have shape (n, n_labels), got {y.shape}.")
