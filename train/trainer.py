@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -613,7 +612,7 @@ class Trainer:
             config.to_yaml(self.output_dir / "train_config.yaml")
 
         def log(step: int, values: dict[str, float]) -> None:
-            acc.log({k: v for k, v in values.items() if not isinstance(v, float) or math.isfinite(v)}, step=step)
+            acc.log(values, step=step)  # NaN values too, as the CSV log wrote them before
 
         from tqdm.auto import tqdm
 
