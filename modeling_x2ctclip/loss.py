@@ -87,12 +87,16 @@ class X2CTCLIPLoss(nn.Module):
         cxr: torch.Tensor | None = None,
         ct: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
+        weights: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``weights``, when given, replace the construction-time weights for this call (the model passes its
+        config's at every call, so a config changed after the model was built takes effect)."""
+        weights = self.weights if weights is None else weights
         embeds = {"cxr": cxr, "ct": ct, "text": text}
         terms: dict[str, torch.Tensor] = {}
         total = None
         for name, (x, y) in self.PAIRS.items():
-            weight = self.weights.get(name, 0.0)
+            weight = float(weights.get(name, 0.0))
             if weight == 0.0 or embeds[x] is None or embeds[y] is None:
                 continue
             terms[name] = contrastive_loss(embeds[x], embeds[y], logit_scale, gather=self.gather)

@@ -297,7 +297,9 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
             out.logits_per_ct_text = scale * ct @ text.t()
             out.logits_per_text_ct = out.logits_per_ct_text.t()
         if return_loss:
-            out.loss, terms = self.loss_fn(scale, cxr=cxr, ct=ct, text=text)
+            # Weights from the config at each call: a trainer that changes the config needs no new loss_fn.
+            weights = self.config.loss_weights
+            out.loss, terms = self.loss_fn(scale, cxr=cxr, ct=ct, text=text, weights=weights)
             if out.loss is None:
                 raise ValueError(
                     f"return_loss=True but no pair with a non-zero weight is present (weights {self.config.loss_weights})."

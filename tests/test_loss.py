@@ -90,3 +90,15 @@ def test_two_processes_match_one_process_at_double_batch(tmp_path):
         assert torch.allclose(result["grads"][name], g, atol=1e-5), name
     # Without the gradient-keeping gather the result would differ: check the test can fail.
     assert any(g.abs().max() > 1e-4 for g in grads_1.values())
+
+
+def test_the_model_loss_follows_its_config_after_construction():
+    """The trainer of stage 1 changes the loss weights of a loaded model in its config only (issue 13: nothing outside
+    the model replaces ``loss_fn``); the loss reads them at each call."""
+    cxr, ct = _embeds(seed=3)
+    text, _ = _embeds(seed=4)
+    scale = torch.tensor(2.0)
+    loss_fn = X2CTCLIPLoss({"ct_text": 0.0, "cxr_text": 1.0, "cxr_ct": 0.0})
+    total, terms = loss_fn(scale, cxr=cxr, ct=ct, text=text, weights={"ct_text": 1.0, "cxr_text": 0.0, "cxr_ct": 0.0})
+    assert set(terms) == {"ct_text"} and torch.allclose(total, contrastive_loss(ct, text, scale))
+    assert set(loss_fn(scale, cxr=cxr, ct=ct, text=text)[1]) == {"cxr_text"}  # construction weights otherwise

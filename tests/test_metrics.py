@@ -236,3 +236,22 @@ def test_evaluate_auroc_module_handles_missing_labels(monkeypatch):
     out = M.load_metric("multilabel_auroc").compute(predictions=s, references=y)
     assert out["roc_auc_per_finding"][1] is None
     assert out["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y[:, [0, 2]], s[:, [0, 2]]), abs=1e-12)
+
+
+def test_evaluate_command_report_comes_from_the_evaluate_modules_and_equals_the_kernels():
+    """`x2ctclip evaluate zeroshot` builds its report with the package's evaluate modules (evaluate.load on their
+    paths): the same numbers as the NumPy kernels, NaN labels and a single-class finding included."""
+    from x2ctclip.train.evaluate_model import classification_report_via_evaluate
+    from x2ctclip.train.metrics import classification_report, jsonable
+
+    rng = np.random.default_rng(7)
+    labels = (rng.random((60, 4)) < [0.2, 0.4, 0.5, 0.0]).astype(float)
+    labels[rng.random((60, 4)) < 0.1] = np.nan
+    scores = np.clip(0.5 * labels + rng.random((60, 4)) * 0.7, 0, 1)
+    scores[np.isnan(scores)] = 0.3
+    thresholds = np.array([0.5, 0.4, 0.6, 0.5])
+    names = ["a", "b", "c", "never"]
+    via_modules = classification_report_via_evaluate(labels, scores, names, thresholds)
+    direct = classification_report(labels, scores, names, threshold=thresholds)
+    assert jsonable(via_modules.to_dict()) == jsonable(direct.to_dict())
+    assert via_modules.excluded_findings == ["never"] and 0.5 < via_modules.auroc_macro <= 1.0

@@ -73,3 +73,19 @@ def test_cli_prints_the_merged_config_and_reports_errors(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "ctclip", "--mixed-precision", "fp8"])
+
+
+def test_flags_are_the_ones_hfargumentparser_generates():
+    """The flags come from transformers.HfArgumentParser: the same option strings (``--max-steps`` and
+    ``--max_steps``, ``--no-augment`` for a switch that defaults to true), parsed the same way."""
+    from transformers import HfArgumentParser
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, X2CTTrainConfig)
+    ours = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help", "--config"}
+    theirs = {s for a in HfArgumentParser(X2CTTrainConfig)._actions for s in a.option_strings} - {"-h", "--help"}
+    assert ours == theirs
+    c = _parse(X2CTTrainConfig, ["--no-augment", "--max_steps", "5", "--progress-bar", "no"])
+    assert c.augment is False and c.max_steps == 5 and c.progress_bar is False
+    (hf,) = HfArgumentParser(X2CTTrainConfig).parse_args_into_dataclasses(["--no-augment", "--max_steps", "5"])
+    assert (hf.augment, hf.max_steps) == (c.augment, c.max_steps)

@@ -104,3 +104,20 @@ def test_label_prompt_text_states_positives_and_some_negatives():
     assert len(sentences) == 5
     assert "There is Cardiomegaly" in text and "There is Pleural effusion" in text
     assert text.count("There is no ") == 3
+
+
+def test_init_model_trains_with_stage_one_weights_read_from_the_config(data, tokenizer_dir, tmp_path):
+    """A model saved with stage-2 loss weights (no CT-report term) trains in stage 1: the trainer sets the weights in
+    the config only, and the loss reads them there (nothing replaces ``model.loss_fn``)."""
+    first = _config(data, tmp_path / "first", text_model=None, text_preset="tiny", tokenizer=str(tokenizer_dir),
+                    max_steps=1)
+    folder = tmp_path / "first" / "model"
+    train_ctclip(first)
+    model = X2CTCLIPModel.from_pretrained(folder)
+    model.config.loss_ct_text_weight, model.config.loss_cxr_text_weight = 0.0, 1.0
+    model.save_pretrained(folder)
+    result = train_ctclip(_config(data, tmp_path / "second", init_model=str(folder), text_model=None,
+                                  tokenizer=str(tokenizer_dir), max_steps=2))
+    assert result.global_step == 2 and math.isfinite(result.train_loss)
+    rows = (tmp_path / "second" / "train_log.csv").read_text().splitlines()
+    assert "ct_text" in rows[0] and len(rows) == 3

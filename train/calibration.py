@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import _check_labels, _tie_bounds, jsonable, to_numpy
+from .metrics import _check_labels, jsonable, to_numpy
 
 __all__ = [
     "Calibrator",
@@ -226,27 +226,20 @@ def fit_platt(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _roc_points(y: np.ndarray, s: np.ndarray, valid: np.ndarray):
-    """Per column: candidate thresholds (descending distinct scores), TPR and FPR of ``score >= threshold``.
+def _roc_columns(y: np.ndarray, s: np.ndarray, valid: np.ndarray):
+    """Per column with both classes annotated: scikit-learn's ROC points (``roc_curve`` with every distinct annotated
+    score kept: thresholds descending, ``score >= threshold`` positive); None for single-class columns."""
+    from sklearn.metrics import roc_curve  # lazy: the demo imports this module for Calibrator alone
 
-    Returns (thresholds, tpr, fpr, is_candidate), all (n, F); rows that end a tie block of annotated scores are
-    the candidates.
-    """
-    keys = np.where(valid, -s, np.inf)
-    order = np.argsort(keys, axis=0, kind="stable")
-    sorted_keys = np.take_along_axis(keys, order, axis=0)
-    y_sorted = np.take_along_axis(np.where(valid, y, 0.0), order, axis=0)
-    w_sorted = np.take_along_axis(valid.astype(np.float64), order, axis=0)
-    tp = np.cumsum(y_sorted, axis=0)
-    fp = np.cumsum(w_sorted - y_sorted, axis=0)
-    n_pos, n_neg = tp[-1], fp[-1]
-    _, end = _tie_bounds(sorted_keys)
-    rows = np.arange(len(keys))[:, None]
-    candidate = (end == rows) & (w_sorted > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = tp / n_pos
-        fpr = fp / n_neg
-    return -sorted_keys, tpr, fpr, candidate
+    two = _two_classes(y, valid)
+    out = []
+    for j in range(s.shape[1]):
+        if not two[j]:
+            out.append(None)
+            continue
+        fpr, tpr, thr = roc_curve(y[valid[:, j], j], s[valid[:, j], j], drop_intermediate=False)
+        out.append((thr[1:], tpr[1:], fpr[1:]))  # the first point is sklearn's (inf, 0, 0) start, not a score
+    return out
 
 
 def youden_thresholds(labels: Any, scores: Any) -> np.ndarray | float:
@@ -256,10 +249,7 @@ def youden_thresholds(labels: Any, scores: Any) -> np.ndarray | float:
     findings with a single class.
     """
     y, s, valid, squeeze = _prepare_2d(labels, scores, "scores")
-    thr, tpr, fpr, candidate = _roc_points(y, s, valid)
-    j = np.where(candidate, tpr - fpr, -np.inf)
-    best = np.argmax(j, axis=0)  # first maximum in descending-threshold order
-    out = np.where(_two_classes(y, valid), thr[best, np.arange(s.shape[1])], np.nan)
+    out = np.array([np.nan if c is None else c[0][np.argmax(c[1] - c[2])] for c in _roc_columns(y, s, valid)])
     return float(out[0]) if squeeze else out
 
 
@@ -271,10 +261,8 @@ def sensitivity_thresholds(labels: Any, scores: Any, target: float = 0.9) -> np.
     if not 0 < target <= 1:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target}.")
     y, s, valid, squeeze = _prepare_2d(labels, scores, "scores")
-    thr, tpr, _, candidate = _roc_points(y, s, valid)
-    reach = candidate & (tpr >= target - 1e-12)
-    first = np.argmax(reach, axis=0)
-    out = np.where(_two_classes(y, valid) & reach.any(0), thr[first, np.arange(s.shape[1])], np.nan)
+    columns = _roc_columns(y, s, valid)
+    out = np.array([np.nan if c is None else c[0][np.argmax(c[1] >= target - 1e-12)] for c in columns])
     return float(out[0]) if squeeze else out
 
 

@@ -43,13 +43,15 @@ from tqdm.auto import tqdm
 
 from .external import ExternalDataset, LabelTarget, load_external, target_scores
 from .metrics import (
+    ClassificationReport,
+    FindingMetrics,
     average_precision,
-    classification_report,
     jsonable,
+    load_metric,
     precision_recall_f1,
     roc_auc,
 )
-from .retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT, retrieval_metrics
+from .retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT
 
 __all__ = [
     "Cases",
@@ -473,6 +475,46 @@ def classification_metrics_with_ci(labels: np.ndarray, scores: np.ndarray, thres
     return {k: ([c.__dict__ for c in v] if isinstance(v, list) else v.__dict__) for k, v in intervals.items()}
 
 
+def classification_report_via_evaluate(labels: np.ndarray, scores: np.ndarray, names: Sequence[str],
+                                       thresholds: np.ndarray) -> ClassificationReport:  # fmt: skip
+    """The per-finding and averaged AUROC / AP / precision / recall / F1 of ``x2ctclip evaluate zeroshot``, computed
+    by the package's ``evaluate`` modules (``train/metrics/*``, loaded offline by ``evaluate.load`` on their paths:
+    :func:`~x2ctclip.train.metrics.load_metric`), so a reader reproduces every number with ``evaluate.load``.
+
+    Args:
+        labels: ``(n_cases, n_findings)`` 0/1, NaN = not annotated.
+        scores: ``(n_cases, n_findings)`` scores, compared with ``thresholds`` (one per finding).
+    """
+    references, predictions = labels.tolist(), scores.tolist()
+    auc = load_metric("multilabel_auroc").compute(predictions=predictions, references=references)
+    ap = load_metric("multilabel_average_precision").compute(predictions=predictions, references=references)
+    at = load_metric("multilabel_threshold_metrics").compute(
+        predictions=predictions, references=references, threshold=[float(t) for t in thresholds]
+    )
+
+    def num(value: Any) -> float:  # the modules write undefined values as None (JSON)
+        return float("nan") if value is None else float(value)
+
+    annotated = ~np.isnan(labels)
+    positives, negatives = (annotated & (labels == 1)).sum(0), (annotated & (labels == 0)).sum(0)
+    findings = [
+        FindingMetrics(
+            name=name, auroc=num(auc["roc_auc_per_finding"][j]),
+            average_precision=num(ap["average_precision_per_finding"][j]), precision=num(at["precision"][j]), recall=num(at["recall"][j]), f1=num(at["f1"][j]),
+            specificity=num(at["specificity"][j]), threshold=float(thresholds[j]), n_positive=int(positives[j]),
+            n_negative=int(negatives[j]),
+        )
+        for j, name in enumerate(names)
+    ]
+    return ClassificationReport(
+        n_cases=len(labels), findings=findings,
+        **{f"auroc_{a}": num(auc[f"roc_auc_{a}"]) for a in ("macro", "micro", "weighted")},
+        **{f"average_precision_{a}": num(ap[f"average_precision_{a}"]) for a in ("macro", "micro", "weighted")},
+        **{f"{m}_{a}": num(at[f"{a}_{m}"]) for a in ("macro", "micro") for m in ("precision", "recall", "f1")},
+        excluded_findings=[f.name for f in findings if math.isnan(f.auroc)],
+    )
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -542,7 +584,7 @@ def evaluate_classification(
     scored = _score(loaded, cases, batch_size, progress, cxr_latents)
     labels, scores = cases.labels, scored.scores
     thresholds, threshold_sources = _thresholds(loaded, cases, threshold)
-    report = classification_report(labels, scores, cases.target_names, threshold=thresholds)
+    report = classification_report_via_evaluate(labels, scores, cases.target_names, thresholds)
     intervals = classification_metrics_with_ci(labels, scores, thresholds, n_bootstrap, seed, confidence, progress)
     annotated = ~np.isnan(labels)
     ece = None
@@ -764,15 +806,20 @@ def evaluate_retrieval(
                   ("report", "ct"), ("ct", "ct"), ("cxr", "cxr")]  # fmt: skip
     names = {"cxr": "CXR", "report": "report", "ct": "CT"}
     results: dict[str, Any] = {}
+    # Computed by the package's `retrieval` evaluate module (evaluate.load on its path), as a reader would.
+    metric = load_metric("retrieval", **({"config_name": "with_labels"} if labelled else {}))
     for query, gallery in directions:
         if query not in latents or gallery not in latents:
             continue
         same = query == gallery
         if same and not labelled:
             continue  # own item left out and no labels: neither Recall@K nor MAP@K is defined
-        result = retrieval_metrics(latents[query], latents[gallery], query_labels, recall_at=recall_at,
-                                   map_at=map_at if labelled else (), exclude_self=same, normalize=False)  # fmt: skip
-        results[f"{names[query]}->{names[gallery]}"] = result.to_dict()
+        inputs = {"labels": query_labels.tolist()} if labelled else {}
+        results[f"{names[query]}->{names[gallery]}"] = metric.compute(
+            predictions=latents[query].float().cpu().tolist(), references=latents[gallery].float().cpu().tolist(),
+            recall_at=list(recall_at), map_at=list(map_at) if labelled else [], exclude_self=same, normalize=False,
+            **inputs,
+        )
     if not results:
         raise ValueError(f"{model_dir}: no retrieval direction can be computed ({'; '.join(notes)}); pass --cache.")
     metrics = []

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from iterstrat.ml_stratifiers import IterativeStratification
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -78,16 +79,15 @@ def iterative_stratification(labels: Any, proportions: Sequence[float], seed: in
                              exact_sizes: bool = True) -> np.ndarray:  # fmt: skip
     """Sechidis et al. (2011) iterative stratification of multi-label examples into folds of given proportions.
 
-    Repeatedly takes the label with the fewest examples still to assign and gives each of its examples (in random
-    order) to the fold that most lacks that label (ties: the fold that most lacks examples, then at random); examples
-    without any positive label go last to the folds that most lack examples. The algorithm favours the label shares
-    over the fold sizes, which on small sets can miss the sizes by several examples; with ``exact_sizes`` the sizes
-    are then made exact (largest-remainder shares of ``n``) by moving the examples that disturb the label counts least.
+    The assignment is ``iterstrat``'s (``iterstrat.ml_stratifiers.IterativeStratification``, the algorithm behind its
+    multi-label splitters). The algorithm favours the label shares over the fold sizes, which on small sets can miss
+    the sizes by several examples; with ``exact_sizes`` the sizes are then made exact (largest-remainder shares of
+    ``n``) by moving the examples that disturb the label counts least (:func:`_exact_sizes`, not in iterstrat).
 
     Args:
         labels: ``(n, n_labels)`` 0/1 (NaN counts as 0).
         proportions: one share per fold, summing to 1.
-        seed: seed or NumPy generator.
+        seed: seed or NumPy generator (a generator is advanced by one draw).
         exact_sizes: make the fold sizes exact (see above).
 
     Returns:
@@ -100,33 +100,12 @@ def iterative_stratification(labels: Any, proportions: Sequence[float], seed: in
     if p.ndim != 1 or len(p) < 2 or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"proportions must be >= 0 and sum to 1, got {list(proportions)}.")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    n = len(y)
-    wanted = p * n  # examples each fold still lacks
-    wanted_label = p[:, None] * y.sum(0)[None, :]  # (folds, labels) positives each fold still lacks
-    left = y.sum(0).astype(np.int64)  # positives of each label still unassigned
-    fold = np.full(n, -1, dtype=np.int64)
-    unassigned = np.ones(n, dtype=bool)
-
-    def pick(scores: np.ndarray, secondary: np.ndarray | None = None) -> int:
-        best = np.flatnonzero(scores >= scores.max() - 1e-9)
-        if secondary is not None and len(best) > 1:
-            best = best[secondary[best] >= secondary[best].max() - 1e-9]
-        return int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
-
-    while (left > 0).any():
-        counts = np.where(left > 0, left, np.iinfo(np.int64).max)
-        label = pick(-counts.astype(np.float64))
-        for i in rng.permutation(np.flatnonzero(unassigned & y[:, label])):
-            j = pick(wanted_label[:, label], wanted)
-            fold[i] = j
-            unassigned[i] = False
-            wanted_label[j] -= y[i]
-            wanted[j] -= 1
-            left -= y[i]
-    for i in rng.permutation(np.flatnonzero(unassigned)):
-        j = pick(wanted)
-        fold[i] = j
-        wanted[j] -= 1
+    # iterstrat walks the examples in their given order and breaks ties with a RandomState: a random order first
+    # makes the seed decide more than the ties.
+    order = rng.permutation(len(y))
+    state = np.random.RandomState(int(rng.integers(2**32)))
+    fold = np.empty(len(y), dtype=np.int64)
+    fold[order] = IterativeStratification(y[order], p.copy(), state)  # boolean labels: it indexes with them
     return _exact_sizes(y, fold, p) if exact_sizes else fold
 
 

@@ -29,13 +29,14 @@ from torch.utils.data import Dataset
 
 from .config import CT_PRESETS, TEXT_PRESETS, CTCLIPTrainConfig, resolve_preset
 from .trainer import (
+    ScanStage,
     Trainer,
     TrainerCallback,
-    TrainingStage,
     TrainResult,
     build_processor,
     volume_processor_kwargs,
     write_model_card,
+    zero_shot_metrics,
 )
 
 __all__ = ["CTCLIPStage", "encode_report_features", "label_prompt_text", "train_ctclip"]
@@ -140,14 +141,13 @@ def encode_report_features(text_model: nn.Module, tokenizer, reports: list[str],
     return out
 
 
-class CTCLIPStage(TrainingStage):
+class CTCLIPStage(ScanStage):
     """The CT-CLIP stage (see the module docstring). ``config`` is a :class:`CTCLIPTrainConfig`."""
 
     name = "ctclip"
 
     def __init__(self, config: CTCLIPTrainConfig):
-        self.config = config
-        self._epochs: dict[int, list[int]] = {}
+        super().__init__(config)
 
     @property
     def cached_text(self) -> bool:
@@ -205,17 +205,6 @@ class CTCLIPStage(TrainingStage):
     def train_dataset(self) -> Dataset:
         return _CTRows(self)
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        order = self._epochs.get(epoch)
-        if order is None:
-            from .data import one_recon_per_scan
-
-            order = one_recon_per_scan(self.names, self.config.seed, epoch)
-            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
-                self._epochs.pop(next(iter(self._epochs)))
-            self._epochs[epoch] = order
-        return order
-
     # ------------------------------------------------------------------ model
     def _text_backbone(self):
         from transformers import AutoModel
@@ -230,7 +219,6 @@ class CTCLIPStage(TrainingStage):
 
     def build_model(self):
         from x2ctclip import X2CTCLIPConfig, X2CTCLIPModel
-        from x2ctclip.loss import X2CTCLIPLoss
 
         c = self.config
         training = dict(
@@ -245,8 +233,7 @@ class CTCLIPStage(TrainingStage):
                 raise ValueError(f"{c.init_model}: the model has no {' and no '.join(missing)} tower.")
             for key, value in training.items():
                 setattr(model.config, key, value)
-            model.requires_grad_(True)
-            model.loss_fn = X2CTCLIPLoss(model.config.loss_weights)
+            model.requires_grad_(True)  # the loss reads the new weights from model.config at each call
         else:
             ct = resolve_preset(CT_PRESETS, c.ct_preset, c.ct_config, "CT")
             depth, height, width = self.ct_shape
@@ -341,8 +328,6 @@ class CTCLIPStage(TrainingStage):
         ks = tuple(k for k in (1, 5, 10, 50) if k < len(keep)) or (1,)
         for k, v in retrieval_metrics(ct, text, recall_at=ks, map_at=()).recall.items():
             metrics[f"ct_to_report_R@{k}"] = v
-        from .train_x2ct import zero_shot_metrics
-
         metrics.update(zero_shot_metrics(model, ct, labels, self.tokenizer, c.max_text_length, device))
         return metrics
 

@@ -22,13 +22,14 @@ from torch.utils.data import Dataset
 from .augment import CXRTrainAugmentation, sample_rng
 from .config import CXR_PRESETS, X2CTTrainConfig, resolve_preset
 from .trainer import (
+    ScanStage,
     Trainer,
     TrainerCallback,
-    TrainingStage,
     TrainResult,
     build_processor,
     volume_processor_kwargs,
     write_model_card,
+    zero_shot_metrics,
 )
 
 __all__ = ["X2CTStage", "train_x2ct", "embed_cxrs"]
@@ -74,14 +75,13 @@ def _cache_rows(cache_names: list[str], names: list[str], cache_dir: str, split:
     return np.asarray([position[n] for n in names], dtype=np.int64)
 
 
-class X2CTStage(TrainingStage):
+class X2CTStage(ScanStage):
     """The X2CT-CLIP stage (see the module docstring). ``config`` is an :class:`X2CTTrainConfig`."""
 
     name = "x2ct"
 
     def __init__(self, config: X2CTTrainConfig):
-        self.config = config
-        self._epochs: dict[int, list[int]] = {}
+        super().__init__(config)
 
     # ------------------------------------------------------------------ data
     def setup(self, config: X2CTTrainConfig) -> None:
@@ -137,17 +137,6 @@ class X2CTStage(TrainingStage):
 
     def train_dataset(self) -> Dataset:
         return _CXRRows(self)
-
-    def epoch_indices(self, epoch: int) -> list[int]:
-        order = self._epochs.get(epoch)
-        if order is None:
-            from .data import one_recon_per_scan
-
-            order = one_recon_per_scan(self.names, self.config.seed, epoch)
-            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
-                self._epochs.pop(next(iter(self._epochs)))
-            self._epochs[epoch] = order
-        return order
 
     # ------------------------------------------------------------------ model
     def build_model(self):
@@ -257,20 +246,6 @@ def evaluate_embeddings(model, cxr, ct, text, labels, tokenizer, max_length, dev
     if tokenizer is not None and getattr(model, "text_model", None) is not None:
         metrics.update(zero_shot_metrics(model, cxr, labels, tokenizer, max_length, device))
     return metrics
-
-
-def zero_shot_metrics(model, image_embeds, labels, tokenizer, max_length, device, prefix="zeroshot") -> dict[str, float]:
-    """Zero-shot macro AUROC over the findings present in ``labels`` (with both classes), from ``image_embeds``
-    (CXR or CT embeddings) and the model's prompt pairs (:class:`~x2ctclip.train.zeroshot.ZeroShotClassifier`)."""
-    from .metrics import roc_auc
-    from .zeroshot import ZeroShotClassifier
-
-    classifier = ZeroShotClassifier(model, tokenizer, max_length=max_length)
-    probabilities = classifier.predict_from_embeddings(image_embeds).probabilities.cpu().numpy()
-    per_finding = np.asarray(roc_auc(labels, probabilities, average=None), dtype=np.float64)
-    if not np.isfinite(per_finding).any():
-        return {}
-    return {f"{prefix}_macro_auroc": float(np.nanmean(per_finding))}
 
 
 def train_x2ct(config: X2CTTrainConfig, callbacks: list[TrainerCallback] | None = None) -> TrainResult:

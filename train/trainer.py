@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -49,12 +49,14 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainerCallback",
+    "ScanStage",
     "TrainingStage",
     "build_processor",
     "find_checkpoint",
     "parameter_groups",
     "volume_processor_kwargs",
     "write_model_card",
+    "zero_shot_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,44 @@ class TrainingStage:
         ``state_dict`` is the model's full state gathered by ``accelerator.get_state_dict`` (which also works when the
         parameters are sharded, e.g. under FSDP); pass it on to ``save_pretrained``."""
         model.save_pretrained(folder, state_dict=state_dict)
+
+
+class ScanStage(TrainingStage):
+    """The base of the two stages: training rows are reconstructions of scans (``self.names``, one per row, set by
+    :meth:`setup`), and an epoch takes one reconstruction per scan (:func:`~x2ctclip.train.data.one_recon_per_scan`,
+    seeded by ``config.seed`` and the epoch)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.names: list[str] = []
+        self._epochs: dict[int, list[int]] = {}
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        order = self._epochs.get(epoch)
+        if order is None:
+            from .data import one_recon_per_scan
+
+            order = one_recon_per_scan(self.names, self.config.seed, epoch)
+            if len(self._epochs) >= 4:  # a small memo: the loop asks for the current epoch again and again
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[epoch] = order
+        return order
+
+
+def zero_shot_metrics(model, image_embeds, labels, tokenizer, max_length, device,
+                      prefix="zeroshot") -> dict[str, float]:  # fmt: skip
+    """Zero-shot macro AUROC over the findings present in ``labels`` (with both classes), from ``image_embeds``
+    (CXR or CT embeddings, ``(n, projection_dim)``) and the model's prompt pairs
+    (:class:`~x2ctclip.train.zeroshot.ZeroShotClassifier`); the validation metric of both stages."""
+    from .metrics import roc_auc
+    from .zeroshot import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier(model, tokenizer, max_length=max_length)
+    probabilities = classifier.predict_from_embeddings(image_embeds).probabilities.cpu().numpy()
+    per_finding = np.asarray(roc_auc(labels, probabilities, average=None), dtype=np.float64)
+    if not np.isfinite(per_finding).any():
+        return {}
+    return {f"{prefix}_macro_auroc": float(np.nanmean(per_finding))}
 
 
 class TrainerCallback:
@@ -269,6 +309,38 @@ class CSVLogger:
             csv.DictWriter(f, fieldnames=header).writerow(row)
 
 
+def _csv_tracker(output_dir: Path):
+    """An Accelerate tracker (``GeneralTracker``) writing ``train_log.csv`` and ``eval_log.csv`` (one
+    :class:`CSVLogger` per key prefix ``train/`` and ``eval/``); Accelerate ships no CSV tracker. ``start_step``,
+    set before ``init_trackers``, truncates rows written after it (on resume)."""
+    from accelerate.tracking import GeneralTracker
+
+    class CSVTracker(GeneralTracker):
+        name = "csv"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.loggers = {prefix: CSVLogger(output_dir / f"{prefix}_log.csv") for prefix in ("train", "eval")}
+            self.start_step = 0
+
+        @property
+        def tracker(self):
+            return self.loggers
+
+        def start(self):
+            for csv_logger in self.loggers.values():
+                csv_logger.truncate(self.start_step)
+
+        def log(self, values: dict, step: int | None = None, **kwargs):
+            for prefix, csv_logger in self.loggers.items():
+                selected = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith(prefix + "/")}
+                if selected:
+                    csv_logger.log(step, selected)
+
+    return CSVTracker()
+
+
 # ----------------------------------------------------------------------------------------------------- helpers
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices and kernels only (not on biases, norms, scales, the logit scale)."""
@@ -380,11 +452,25 @@ class Trainer:
         return unused
 
     def _make_accelerator(self, find_unused: bool):
+        """Accelerate does the gradient accumulation (``accumulate()``: no DDP sync and loss / N on the micro-steps
+        before the last) and the logging (its TensorBoard tracker and :func:`_csv_tracker`)."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available
 
+        trackers: list[Any] = []
+        if "csv" in self.config.report_to:
+            trackers.append(_csv_tracker(self.output_dir))
+        if "tensorboard" in self.config.report_to:
+            if is_tensorboard_available():
+                trackers.append("tensorboard")
+            else:
+                logger.warning("tensorboard is not installed: TensorBoard logging is off.")
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
-        return Accelerator(mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers, cpu=_cpu_only())
+        return Accelerator(
+            mixed_precision=self.config.mixed_precision, kwargs_handlers=handlers, cpu=_cpu_only(),
+            gradient_accumulation_steps=self.config.gradient_accumulation_steps, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
+        )
 
     def _check_precision(self) -> None:
         if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -517,32 +603,16 @@ class Trainer:
             persistent_workers=False,
         )
 
-        tb_writer = None
-        csv_loggers: dict[str, CSVLogger] = {}
+        for tracker in acc.log_with:
+            if hasattr(tracker, "start_step"):
+                tracker.start_step = start_step
+        # On resume both trackers drop what was logged after the checkpoint (TensorBoard: purge_step).
+        acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start_step or None}})
         if acc.is_main_process:
-            if "csv" in config.report_to:
-                # One file per prefix: train_log.csv (every logging step), eval_log.csv (every evaluation).
-                for prefix in ("train", "eval"):
-                    csv_loggers[prefix] = CSVLogger(self.output_dir / f"{prefix}_log.csv")
-                    csv_loggers[prefix].truncate(start_step)
-            if "tensorboard" in config.report_to:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    tb_writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=start_step or None)
-                except ImportError:
-                    logger.warning("tensorboard is not installed: TensorBoard logging is off.")
             config.to_yaml(self.output_dir / "train_config.yaml")
 
         def log(step: int, values: dict[str, float]) -> None:
-            for prefix, csv_logger in csv_loggers.items():
-                selected = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith(prefix + "/")}
-                if selected:
-                    csv_logger.log(step, selected)
-            if tb_writer is not None:
-                for key, value in values.items():
-                    if isinstance(value, (int, float)) and math.isfinite(value):
-                        tb_writer.add_scalar(key, value, step)
+            acc.log(values, step=step)  # NaN values too, as the CSV log wrote them before
 
         from tqdm.auto import tqdm
 
@@ -561,16 +631,10 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         for batch in loader:
             batch = _to_device(batch, acc.device)
-            last_micro = (micro + 1) % accum == 0
-            if last_micro:
+            with acc.accumulate(module):  # backward divides the loss by accum; DDP syncs on the last micro-step only
                 output = module(**batch, return_loss=True)
-                loss = output.loss / accum
-                acc.backward(loss)
-            else:
-                with acc.no_sync(module):
-                    output = module(**batch, return_loss=True)
-                    loss = output.loss / accum
-                    acc.backward(loss)
+                acc.backward(output.loss)
+            last_micro = acc.sync_gradients
             terms = {"loss": output.loss.detach(), **self.stage.loss_terms(output)}
             for key, value in terms.items():
                 step_sums[key] = step_sums.get(key, 0.0) + value.float() / accum
@@ -663,8 +727,8 @@ class Trainer:
             os.replace(tmp, final)
             result.model_dir = str(final)
             _write_json(self.output_dir / "train_result.json", result.to_dict())
-            if tb_writer is not None:
-                tb_writer.close()
+            for tracker in acc.trackers:  # not acc.end_training(): that also ends the process group
+                tracker.finish()
         acc.wait_for_everyone()
         for cb in self.callbacks:
             cb.on_train_end(self, result)

@@ -23,6 +23,8 @@ Args:
     labels (`list` of `list` of `int`, config "with_labels" only): 0/1 finding labels of case i (shared by query i
         and item i).
     recall_at (`list` of `int`, default [5, 10, 50, 100]), map_at (`list` of `int`, default [1, 5, 10, 50, 100]).
+    exclude_self (`bool`, default False): same-modality retrieval, each query's own item left out.
+    normalize (`bool`, default True): L2-normalise the embeddings first (False: they already are).
 Returns:
     `recall@K`, `map@K` (with labels), `n_queries`, `n_gallery`, `n_map_queries`, `median_rank`, `mean_rank`.
 Examples:
@@ -57,12 +59,15 @@ class Retrieval(evaluate.Metric):
             reference_urls=["https://github.com/ibrahimethemhamamci/CT-CLIP"],
         )
 
-    def _compute(self, predictions, references, labels=None, recall_at=DEFAULT_RECALL_AT, map_at=DEFAULT_MAP_AT):
+    def _compute(self, predictions, references, labels=None, recall_at=DEFAULT_RECALL_AT, map_at=DEFAULT_MAP_AT,
+                 exclude_self=False, normalize=True):
         result = retrieval_metrics(
             np.asarray(predictions, dtype=np.float32),
             np.asarray(references, dtype=np.float32),
             query_labels=None if labels is None else np.asarray(labels),
             recall_at=recall_at,
             map_at=map_at,
+            exclude_self=exclude_self,
+            normalize=normalize,
         )
         return result.to_dict()
