@@ -21,14 +21,26 @@ def configure_parser(parser, command):
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--cxr", type=Path, help="transformers vision checkpoint folder for the CXR backbone")
     group.add_argument("--cxr-config", type=Path, help="JSON vision config (with model_type) for a randomly initialised CXR backbone")
-    parser.add_argument("--cxr-clip", type=Path, help="CXR-CLIP checkpoint (.pt/.safetensors) to initialise the CXR tower")
+    parser.add_argument(
+        "--cxr-clip", type=Path,
+        help="CXR-CLIP checkpoint (swint_mcc.tar / r50_mcc.tar as published, or .pt/.safetensors) for the CXR tower",
+    )
+    parser.add_argument(
+        "--cxr-projection-bias", action="store_true",
+        help="keep the CXR-CLIP projection bias (default: dropped, as the X2CT-CLIP authors' loader does)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle --cxr-clip without restrictions. This RUNS CODE FROM THE FILE: use it only for a file from a "
+        "source you trust, and only if the default (tensors, containers and omegaconf configs only) refuses it",
+    )
 
 
 def run(args) -> int:
     from x2ctclip.assembly import assemble_x2ctclip
 
     out_dir: Path = args.out_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: output folder exists and is not empty.")
     cxr_config = None
     if args.cxr_config is not None:
@@ -36,7 +48,11 @@ def run(args) -> int:
             cxr_config = json.loads(args.cxr_config.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{args.cxr_config}: not a readable JSON config ({err}).") from None
-    model = assemble_x2ctclip(args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip)
+    overrides = {"cxr_projection_bias": True} if args.cxr_projection_bias else {}
+    model = assemble_x2ctclip(
+        args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip,
+        trust_checkpoint=args.trust_checkpoint, **overrides,
+    )
     # Write to a temporary sibling, then rename: an interrupted run never leaves a half-written model folder.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
