@@ -12,6 +12,7 @@ This module is a loading utility and is not shipped as remote code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
-from .checkpoint_loading import extract_state_dict, read_checkpoint
+from .checkpoint_loading import brief_error, extract_state_dict, read_checkpoint
 from .configuration_x2ctclip import X2CTCLIPConfig
 from .modeling_x2ctclip import X2CTCLIPModel
 
@@ -97,7 +98,9 @@ def _check_relative_position_index(key: str, value: torch.Tensor, buffers: dict[
     candidates = [name for name in buffers if name.startswith(block + ".") and name.endswith(_REL_INDEX)]
     if len(candidates) != 1:
         raise ValueError(f"{source}: {key} has no matching relative_position_index in the CXR backbone.")
-    if tuple(buffers[candidates[0]].shape) != tuple(value.shape) or not torch.equal(buffers[candidates[0]], value):
+    ours = buffers[candidates[0]]
+    # transformers 4.x kept it as (w^2, w^2); newer versions store it flat (w^4,): compare the values in order.
+    if ours.numel() != value.numel() or not torch.equal(ours.flatten().cpu(), value.flatten().to(ours.dtype)):
         raise ValueError(
             f"{source}: {key} differs from the model's (window size or image size of the checkpoint and of the CXR "
             "config disagree)."
@@ -173,6 +176,20 @@ def convert_cxrclip_state_dict(
     return out
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' weight-loading progress bar is noise on stderr for a command that reports in one line."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_ctclip_folder(path: str | os.PathLike) -> X2CTCLIPModel:
     """The saved model in ``path``; a missing, empty or foreign folder is a one-line ``ValueError`` naming it."""
     path = Path(path)
@@ -185,16 +202,17 @@ def _load_ctclip_folder(path: str | os.PathLike) -> X2CTCLIPModel:
     try:
         config = X2CTCLIPConfig.from_pretrained(path)
     except Exception as err:  # a broken or foreign config.json
-        raise ValueError(f"{path}: config.json is not an X2CT-CLIP configuration ({type(err).__name__}: {err}).") from None
+        raise ValueError(f"{path}: config.json is not an X2CT-CLIP configuration ({brief_error(err)}).") from None
     if getattr(config, "model_type", None) != X2CTCLIPConfig.model_type:
         raise ValueError(f"{path}: config.json is a {config.model_type!r} model, not an X2CT-CLIP model.")
     if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
                                                       "pytorch_model.bin")):
         raise ValueError(f"{path}: no model weights (model.safetensors) in the folder.")
     try:
-        return X2CTCLIPModel.from_pretrained(path)
+        with _no_progress_bars():
+            return X2CTCLIPModel.from_pretrained(path)
     except Exception as err:  # truncated or mismatched weights
-        raise ValueError(f"{path}: cannot load the saved model ({type(err).__name__}: {err}).") from None
+        raise ValueError(f"{path}: cannot load the saved model ({brief_error(err)}).") from None
 
 
 def assemble_x2ctclip(
@@ -230,9 +248,10 @@ def assemble_x2ctclip(
         if not Path(cxr_path).is_dir() or not (Path(cxr_path) / "config.json").is_file():
             raise FileNotFoundError(f"{cxr_path}: no such model folder (needs config.json and weights).")
         try:
-            backbone = AutoModel.from_pretrained(cxr_path)
+            with _no_progress_bars():
+                backbone = AutoModel.from_pretrained(cxr_path)
         except Exception as err:  # transformers raises OSError / ValueError with long messages
-            raise ValueError(f"{cxr_path}: cannot load a vision model from it ({type(err).__name__}: {err}).") from None
+            raise ValueError(f"{cxr_path}: cannot load a vision model from it ({brief_error(err)}).") from None
         cxr_config = backbone.config
     elif isinstance(cxr_config, dict):
         cxr_config = dict(cxr_config)

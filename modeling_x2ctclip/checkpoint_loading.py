@@ -80,6 +80,18 @@ def to_plain(obj):
     return obj
 
 
+def brief_error(err: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line: torch's and transformers' multi-paragraph messages cut to their
+    core (for one-line command errors)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # torch explains its weights_only default at length before the reason
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n", 1)[0]
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}"
+
+
 def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False):
     """Read a ``.safetensors`` file or a torch file (``.pt`` / ``.pth`` / ``.tar`` / ``.bin``) without running code.
 
@@ -101,13 +113,13 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False):
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err}).") from None
+            raise ValueError(f"{path}: not a readable safetensors file ({brief_error(err)}).") from None
     if trust_checkpoint:
         logger.warning("%s: unpickled without restrictions (trust_checkpoint): code in the file may have run.", path)
         try:
             return to_plain(torch.load(str(path), map_location="cpu", weights_only=False))
         except Exception as err:
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err}).") from None
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({brief_error(err)}).") from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -123,7 +135,7 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False):
             raise ValueError(
                 f"{path}: refused to unpickle {', '.join(sorted(needed))} (not plain data); {TRUST_HINT}."
             ) from None
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err}).") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({brief_error(err)}).") from None
     return to_plain(obj)
 
 
@@ -152,4 +164,4 @@ def extract_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-__all__ = ["OMEGACONF_GLOBALS", "extract_state_dict", "read_checkpoint", "to_plain"]
+__all__ = ["OMEGACONF_GLOBALS", "brief_error", "extract_state_dict", "read_checkpoint", "to_plain"]

@@ -54,7 +54,10 @@ def run(args) -> int:
         trust_checkpoint=args.trust_checkpoint, **overrides,
     )
     # Write to a temporary sibling, then rename: an interrupted run never leaves a half-written model folder.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder should be, no permission
+        raise ValueError(f"{out_dir}: cannot create its folder ({err.strerror or err}).") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
