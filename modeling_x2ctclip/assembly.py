@@ -265,28 +265,44 @@ def assemble_x2ctclip(
     else:
         base.pop("cxr_config", None)
     base.update(config_overrides)
-    config = X2CTCLIPConfig(**base)
-    model = X2CTCLIPModel(config)
+    cxr_source = str(cxr_path) if cxr_path is not None else "the CXR config"
+    try:
+        config = X2CTCLIPConfig(**base)
+        model = X2CTCLIPModel(config)
+    except (TypeError, ValueError) as err:  # e.g. a folder whose config is no vision backbone
+        raise ValueError(f"{cxr_source}: cannot build the CXR tower from it ({brief_error(err)}).") from None
     state = {k: v for k, v in source.state_dict().items() if not k.startswith(("cxr_model.", "cxr_projection."))}
     if backbone is not None:
         state.update({f"cxr_model.{k}": v for k, v in backbone.state_dict().items()})
+    # Problems are reported under the file the CXR weights came from (the CXR-CLIP checkpoint when one is given).
+    where = str(cxrclip_checkpoint) if cxrclip_checkpoint is not None else cxr_source
     if cxrclip_checkpoint is not None:
         state.update(convert_cxrclip_state_dict(
             _load_state_dict(cxrclip_checkpoint, trust_checkpoint), str(cxrclip_checkpoint), cxr_model=model.cxr_model,
             keep_projection_bias=config.cxr_projection_bias,
         ))
+    own = model.state_dict()
+    mismatched = [f"{k} {list(v.shape)} (model {list(own[k].shape)})" for k, v in state.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ValueError(
+            f"{where}: {len(mismatched)} tensor(s) do not fit the CXR tower of this config, e.g. {mismatched[:3]}; "
+            "do the encoder type and size match --cxr / --cxr-config?"
+        )
     result = model.load_state_dict(state, strict=False)
     expected_missing = set() if (backbone is not None or cxrclip_checkpoint is not None) else {
-        k for k in model.state_dict() if k.startswith(("cxr_model.", "cxr_projection."))
+        k for k in own if k.startswith(("cxr_model.", "cxr_projection."))
     }
     if cxrclip_checkpoint is None:
-        expected_missing |= {k for k in model.state_dict() if k.startswith("cxr_projection.")}
+        expected_missing |= {k for k in own if k.startswith("cxr_projection.")}
     else:  # a checkpoint without a projection bias leaves a requested bias at its zero initialisation
         expected_missing.add("cxr_projection.bias")
     missing_keys = sorted(set(result.missing_keys) - expected_missing)
     if missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"Towers do not fit the assembled model: missing {missing_keys[:20]}, unexpected {sorted(result.unexpected_keys)[:20]}."
+            f"{where}: does not fit the CXR tower of this config: {len(missing_keys)} tensor(s) missing "
+            f"(e.g. {missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. "
+            f"{sorted(result.unexpected_keys)[:3]}); do the encoder type and size match --cxr / --cxr-config?"
         )
     model.apply_freezing()
     return model.eval()

@@ -103,6 +103,8 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False):
             omegaconf config classes (the message names them) while ``trust_checkpoint`` is False.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a checkpoint file.")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file.")
     if path.stat().st_size == 0:

@@ -247,6 +247,12 @@ def test_mismatched_relative_position_index_is_an_error(ctclip_dir, tmp_path):
         assemble_x2ctclip(ctclip_dir, cxr_config=TINY_SWIN, cxrclip_checkpoint=path)
 
 
+def test_swin_checkpoint_for_another_size_is_an_error(ctclip_dir, swint_mcc):
+    wider = dict(TINY_SWIN, embed_dim=24)
+    with pytest.raises(ValueError, match=r"swint_mcc\.tar: \d+ tensor\(s\) do not fit the CXR tower"):
+        assemble_x2ctclip(ctclip_dir, cxr_config=wider, cxrclip_checkpoint=swint_mcc[0])
+
+
 # ------------------------------------------------------------------------------------------------ ResNet-50
 def _torchvision_keys(depths) -> list[str]:
     """Every key of a torchvision ResNet (bottleneck) without ``fc``, from the fixture's layout."""

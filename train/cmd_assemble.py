@@ -36,6 +36,27 @@ def configure_parser(parser, command):
     )
 
 
+def _read_vision_config(path: Path) -> dict:
+    """A JSON vision config with ``model_type``, checked by building it (errors name the file)."""
+    from transformers import AutoConfig
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such JSON config file.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JSON config ({' '.join(str(err).split())}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ValueError(f"{path}: expected a JSON object with a 'model_type' (e.g. \"swin\" or \"resnet\").")
+    kwargs = dict(data)
+    try:
+        AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    except Exception as err:  # unknown model type, values of the wrong type
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path}: not a usable vision config ({type(err).__name__}: {text[:200]}).") from None
+    return data
+
+
 def run(args) -> int:
     from x2ctclip.assembly import assemble_x2ctclip
 
@@ -44,10 +65,7 @@ def run(args) -> int:
         raise ValueError(f"{out_dir}: output folder exists and is not empty.")
     cxr_config = None
     if args.cxr_config is not None:
-        try:
-            cxr_config = json.loads(args.cxr_config.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{args.cxr_config}: not a readable JSON config ({err}).") from None
+        cxr_config = _read_vision_config(args.cxr_config)
     overrides = {"cxr_projection_bias": True} if args.cxr_projection_bias else {}
     model = assemble_x2ctclip(
         args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip,
