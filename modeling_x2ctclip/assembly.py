@@ -4,8 +4,10 @@
   (``x2ctclip convert-ctclip``), or any saved :class:`X2CTCLIPModel` that has them.
 - CXR tower from any transformers vision checkpoint folder (e.g. a local copy of
   ``microsoft/swin-tiny-patch4-window7-224``) or just a vision config (random initialisation).
-- Optionally, the CXR tower and projection initialised from a CXR-CLIP checkpoint (``swint_mcc``, ``r50_mcc``):
-  its ``image_encoder.*`` and ``image_projection.projection.weight`` keys.
+- Optionally, the CXR tower and projection initialised from a CXR-CLIP checkpoint (``swint_mcc.tar``,
+  ``r50_mcc.tar``) as CXR-CLIP saved it: its ``image_encoder.*`` keys (Swin under transformers-4.x names, renamed;
+  torchvision ResNet names, mapped) and ``image_projection.projection.weight`` (the bias is dropped unless
+  ``cxr_projection_bias=True``). See docs/published_weights.md.
 
 This module is a loading utility and is not shipped as remote code.
 """

@@ -1,4 +1,5 @@
-"""Convert a CT-CLIP checkpoint (``CT-CLIP_v2.pt`` and the like) into an :class:`X2CTCLIPModel` folder.
+"""Convert a CT-CLIP checkpoint (``CT-CLIP_v2.pt``, ``CT_VocabFine_v2.pt``, ``CT_LiPro_v2.pt``) into an
+:class:`X2CTCLIPModel` folder.
 
 CT-CLIP (Hamamci et al.) stores one ``state_dict`` of its ``CTCLIP`` module. The converted model has the CT tower
 (:class:`~x2ctclip.modeling_ct.X2CTCLIPCTModel`), the report tower (a transformers ``BertModel``), both projections and
