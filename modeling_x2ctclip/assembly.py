@@ -192,9 +192,21 @@ def _no_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+def _looks_like_hub_id(path: str | os.PathLike) -> bool:
+    """``owner/name`` that is not a local path: from_pretrained may fetch it from the Hub."""
+    text = str(path)
+    return not os.path.isabs(text) and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
+
+
 def _load_ctclip_folder(path: str | os.PathLike) -> X2CTCLIPModel:
     """The saved model in ``path``; a missing, empty or foreign folder is a one-line ``ValueError`` naming it."""
     path = Path(path)
+    if not path.exists() and _looks_like_hub_id(path):
+        try:
+            with _no_progress_bars():
+                return X2CTCLIPModel.from_pretrained(str(path))
+        except Exception as err:  # offline, no such repo, not an X2CT-CLIP model
+            raise ValueError(f"{path}: no such folder, and not loadable as a Hub model ({brief_error(err)}).") from None
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such folder (a converted CT-CLIP model, see x2ctclip convert-ctclip).")
     if not path.is_dir():
@@ -247,7 +259,8 @@ def assemble_x2ctclip(
         raise ValueError(f"{ctclip_path}: this model has no {' and no '.join(missing)} tower; convert a CT-CLIP checkpoint first.")
     backbone = None
     if cxr_path is not None:
-        if not Path(cxr_path).is_dir() or not (Path(cxr_path) / "config.json").is_file():
+        local = Path(cxr_path).exists()
+        if (local or not _looks_like_hub_id(cxr_path)) and not (Path(cxr_path) / "config.json").is_file():
             raise FileNotFoundError(f"{cxr_path}: no such model folder (needs config.json and weights).")
         try:
             with _no_progress_bars():

@@ -362,10 +362,12 @@ def _bad_ctclip_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "foreign": (foreign, "not an X2CT-CLIP"),
         "broken": (broken, "config.json"),
         "file": (a_file, "not a folder"),
+        # owner/name that is no local folder is tried on the Hub (offline in the tests): still one line
+        "hub id": (Path("nobody-x2ctclip-test/no-such-model"), "not loadable as a Hub model"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "foreign", "broken", "file"])
+@pytest.mark.parametrize("case", ["missing", "empty", "foreign", "broken", "file", "hub id"])
 def test_assemble_bad_ctclip_folder_is_one_line(case, tmp_path, capsys):
     folder, problem = _bad_ctclip_folders(tmp_path)[case]
     cfg = tmp_path / "swin.json"
