@@ -324,7 +324,9 @@ _CLASSIFIER_PREFIX = "trained_model."
 _CLASSIFIER_HEAD = ("classifier.weight", "classifier.bias")
 
 
-def load_ctclip_state_dict(checkpoint_path: str | os.PathLike, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+def load_ctclip_state_dict(
+    checkpoint_path: str | os.PathLike, trust_checkpoint: bool = False
+) -> dict[str, torch.Tensor]:
     """Read a CT-CLIP checkpoint: a ``.safetensors`` file, or a torch file (``.pt``/``.pth``/``.bin``, read without
     running code, see :func:`~x2ctclip.checkpoint_loading.read_checkpoint`) holding the state dict itself or a dict
     with a ``"state_dict"`` / ``"model"`` entry. A ``module.`` prefix (DistributedDataParallel) is removed.
