@@ -396,6 +396,11 @@ def test_assemble_refuses_unsafe_checkpoint_in_one_line(ctclip_dir, tmp_path, ca
                    "--cxr-clip", str(path)])
     assert rc == 2 and CODE_RAN == []
     assert "--trust-checkpoint" in _one_error_line(capsys.readouterr().err, "assemble", path)
+    # With the flag the file is unpickled (its code runs); its weights are then no CXR-CLIP encoder: one line again.
+    rc = cli_main(["assemble", str(tmp_path / "out"), "--ctclip", str(ctclip_dir), "--cxr-config", str(cfg),
+                   "--cxr-clip", str(path), "--trust-checkpoint"])
+    assert rc == 2 and CODE_RAN == ["ran"]
+    assert "not a CXR-CLIP checkpoint" in _one_error_line(capsys.readouterr().err, "assemble", path)
 
 
 # ------------------------------------------------------------------------------------------------ CT-CLIP files
