@@ -123,7 +123,8 @@ class X2CTCLIPConfig(PreTrainedConfig):
         logit_scale_init_value: initial log logit scale (CT-CLIP's ``temperature``; the scale is ``exp`` of it).
         freeze_ct_model / freeze_text_model: freeze the CT / report tower and its projection (X2CT-CLIP stage).
         freeze_logit_scale: keep the logit scale fixed (X2CT-CLIP uses CT-CLIP's frozen temperature).
-        cxr_projection_bias: bias in the CXR projection (CXR-CLIP: none).
+        cxr_projection_bias: bias in the CXR projection. CXR-CLIP's projection has one; the X2CT-CLIP authors drop it
+            (default False); True keeps it when assembling from a CXR-CLIP checkpoint.
         findings: names of the abnormalities the model classifies zero-shot, in label order.
         prompt_templates: zero-shot prompt pairs ``(positive, negative)`` with ``{}`` for the finding name.
         calibration: per-finding calibration and operating thresholds fitted on a validation split

@@ -1,4 +1,5 @@
-"""Convert a CT-CLIP checkpoint (``CT-CLIP_v2.pt`` and the like) into an :class:`X2CTCLIPModel` folder.
+"""Convert a CT-CLIP checkpoint (``CT-CLIP_v2.pt``, ``CT_VocabFine_v2.pt``, ``CT_LiPro_v2.pt``) into an
+:class:`X2CTCLIPModel` folder.
 
 CT-CLIP (Hamamci et al.) stores one ``state_dict`` of its ``CTCLIP`` module. The converted model has the CT tower
 (:class:`~x2ctclip.modeling_ct.X2CTCLIPCTModel`), the report tower (a transformers ``BertModel``), both projections and
@@ -35,6 +36,7 @@ versions saved). Any other key, a missing key or a shape mismatch raises a ``Val
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,7 +47,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_loading import brief_error
 from .configuration_x2ctclip import X2CTCLIPConfig, X2CTCLIPCTConfig
+
+logger = logging.getLogger(__name__)
 
 # CT-CLIP's CTViT hyper-parameter names (its JSON / constructor) -> X2CTCLIPCTConfig fields.
 _CTVIT_TO_CT_CONFIG = {
@@ -297,12 +302,12 @@ def load_ctclip_config_json(path: str | os.PathLike) -> dict:
     """Read a CT-CLIP configuration JSON: ``{"config": {"ctvit": ..., "text": ..., "dim_latent": ...}}`` (or the inner
     dict directly). Returns the keyword arguments of :func:`ctclip_config`."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such CT-CLIP configuration file.")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err}).") from err
+        raise ValueError(f"{path}: not a readable JSON file ({brief_error(err)}).") from None
     inner = data.get("config", data) if isinstance(data, dict) else None
     if not isinstance(inner, dict) or not isinstance(inner.get("ctvit"), dict):
         raise ValueError(f"{path}: expected a JSON object with 'config': {{'ctvit': {{...}}, 'text': {{...}}, 'dim_latent': N}}.")
@@ -313,34 +318,35 @@ def load_ctclip_config_json(path: str | os.PathLike) -> dict:
     }
 
 
-def load_ctclip_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a CT-CLIP checkpoint: a ``.safetensors`` file, or a torch file (``.pt``/``.pth``/``.bin``, read with
-    ``weights_only=True``) holding the state dict itself or a dict with a ``"state_dict"`` / ``"model"`` entry.
-    A ``module.`` prefix (DistributedDataParallel) is removed."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CT-CLIP checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+# CT-CLIP (ClassFine) / CT_LiPro_v2.pt: CT-CLIP's linear-probe classifier (scripts/ct_lipro_inference.py) saves its
+# whole module, i.e. the CTCLIP under ``trained_model.`` and an abnormality head ``classifier.{weight,bias}``.
+_CLASSIFIER_PREFIX = "trained_model."
+_CLASSIFIER_HEAD = ("classifier.weight", "classifier.bias")
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which file, not a deep unpickling traceback
-        raise ValueError(f"{path}: cannot read it as a CT-CLIP checkpoint ({type(err).__name__}: {err}).") from err
-    if isinstance(state, Mapping):
-        for entry in ("state_dict", "model"):
-            if isinstance(state.get(entry), Mapping):
-                state = state[entry]
-                break
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"{path}: expected a state dict (names -> tensors), or a dict with a 'state_dict' / 'model' entry.")
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+
+def load_ctclip_state_dict(
+    checkpoint_path: str | os.PathLike, trust_checkpoint: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read a CT-CLIP checkpoint: a ``.safetensors`` file, or a torch file (``.pt``/``.pth``/``.bin``, read without
+    running code, see :func:`~x2ctclip.checkpoint_loading.read_checkpoint`) holding the state dict itself or a dict
+    with a ``"state_dict"`` / ``"model"`` entry. A ``module.`` prefix (DistributedDataParallel) is removed.
+
+    The fine-tuned ClassFine / LiPro file (``CT_LiPro_v2.pt``: CTCLIP under ``trained_model.`` plus a linear
+    abnormality head ``classifier.*``) is unwrapped: its CTCLIP keys are kept and the head is dropped (logged), since
+    X2CT-CLIP classifies zero-shot from the towers."""
+    from .checkpoint_loading import extract_state_dict, read_checkpoint
+
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a CT-CLIP checkpoint file (e.g. CT-CLIP_v2.pt).")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such CT-CLIP checkpoint file.")
+    state = extract_state_dict(read_checkpoint(path, trust_checkpoint=trust_checkpoint), str(path))
+    rest = [k for k in state if k not in _CLASSIFIER_HEAD]
+    if rest and all(k.startswith(_CLASSIFIER_PREFIX) for k in rest) and _CLASSIFIER_HEAD[0] in state:
+        head = tuple(state[_CLASSIFIER_HEAD[0]].shape)
+        logger.info("%s: ClassFine/LiPro checkpoint; dropped its %s abnormality head (classifier.*).", path, list(head))
+        state = {k[len(_CLASSIFIER_PREFIX):]: v for k, v in state.items() if k not in _CLASSIFIER_HEAD}
     return state
 
 
@@ -350,6 +356,7 @@ def convert_ctclip_checkpoint(
     config_path: str | os.PathLike | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> Path:
     """Convert a CT-CLIP checkpoint into an :class:`X2CTCLIPModel` folder (safetensors) that ``AutoModel`` loads.
 
@@ -360,6 +367,8 @@ def convert_ctclip_checkpoint(
             CT-CLIP configuration when omitted.
         tokenizer_dir: a folder with the report tower's BERT tokenizer (CXR-BERT's), saved next to the weights.
         overwrite: replace a non-empty ``output_dir``.
+        trust_checkpoint: unpickle a torch file without restrictions (runs code from the file; only for a trusted
+            source). By default only tensors and containers are read.
 
     Everything is checked before anything is written, and the folder is written under a temporary name and renamed
     at the end, so a failed conversion leaves no half-written ``output_dir``.
@@ -376,22 +385,25 @@ def convert_ctclip_checkpoint(
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise ValueError(f"{output_dir} exists and is not an empty folder; choose another one or overwrite it.")
     kwargs = load_ctclip_config_json(config_path) if config_path is not None else {}
-    state_dict = load_ctclip_state_dict(checkpoint_path)
+    state_dict = load_ctclip_state_dict(checkpoint_path, trust_checkpoint=trust_checkpoint)
     # A missing or misshapen temperature is reported by the key check below, with every other problem.
     temperature = state_dict.get("temperature")
     temperature = float(temperature) if temperature is not None and temperature.numel() == 1 else 1.0
-    config = ctclip_config(**kwargs, temperature=temperature)
+    try:
+        config = ctclip_config(**kwargs, temperature=temperature)
+    except (TypeError, ValueError) as err:  # values of the wrong type or range in the configuration JSON
+        raise ValueError(f"{config_path or 'the official CT-CLIP configuration'}: {brief_error(err)}") from None
     converted = convert_ctclip_state_dict(state_dict, config, source=str(checkpoint_path))
     del state_dict
 
     tokenizer = None
     if tokenizer_dir is not None:
         if not Path(tokenizer_dir).is_dir():
-            raise FileNotFoundError(f"Tokenizer folder not found: {tokenizer_dir}")
+            raise FileNotFoundError(f"{tokenizer_dir}: no such tokenizer folder.")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         except Exception as err:
-            raise ValueError(f"{tokenizer_dir}: cannot load a tokenizer from it ({err}).") from err
+            raise ValueError(f"{tokenizer_dir}: cannot load a tokenizer from it ({brief_error(err)}).") from None
         vocab = config.text_config.vocab_size
         if len(tokenizer) > vocab:
             raise ValueError(
@@ -404,7 +416,10 @@ def convert_ctclip_checkpoint(
     model.load_state_dict(converted, strict=True)
     model.eval()
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder should be, no permission
+        raise ValueError(f"{output_dir}: cannot create its folder ({err.strerror or err}).") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp)

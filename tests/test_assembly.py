@@ -102,3 +102,39 @@ def test_assemble_cli_with_resnet_config(ctclip_dir, tmp_path, capsys):
     # A non-empty output folder is refused with a clear message and exit code 2.
     assert cli_main(["assemble", str(out), "--ctclip", str(ctclip_dir), "--cxr-config", str(cfg)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def _bad_cxr_inputs(tmp_path, ctclip_dir):
+    (tmp_path / "unknown_type.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    (tmp_path / "a_list.json").write_text("[1, 2]")
+    (tmp_path / "bad_value.json").write_text(json.dumps({"model_type": "swin", "depths": "x"}))
+    (tmp_path / "swin.json").write_text(json.dumps(TINY_SWIN))
+    torch.save({"model": {"image_encoder.resnet.conv1.weight": torch.zeros(8, 3, 7, 7),
+                          "image_projection.projection.weight": torch.zeros(16, 32)}}, tmp_path / "r50_for_swin.pt")
+    swin = ["--cxr-config", str(tmp_path / "swin.json")]
+    return {
+        "unknown model_type": (["--cxr-config", str(tmp_path / "unknown_type.json")], tmp_path / "unknown_type.json",
+                               "not a usable vision config"),
+        "not an object": (["--cxr-config", str(tmp_path / "a_list.json")], tmp_path / "a_list.json", "model_type"),
+        "bad value": (["--cxr-config", str(tmp_path / "bad_value.json")], tmp_path / "bad_value.json", "depths"),
+        "missing config": (["--cxr-config", str(tmp_path / "nope.json")], tmp_path / "nope.json", "no such"),
+        "missing --cxr": (["--cxr", str(tmp_path / "nodir")], tmp_path / "nodir", "no such model folder"),
+        "--cxr without a vision model": (["--cxr", str(ctclip_dir)], ctclip_dir, "cannot build the CXR tower"),
+        "ResNet file for a Swin config": (swin + ["--cxr-clip", str(tmp_path / "r50_for_swin.pt")],
+                                          tmp_path / "r50_for_swin.pt", "does not fit the CXR tower"),
+        "folder as --cxr-clip": (swin + ["--cxr-clip", str(tmp_path)], tmp_path, "a folder, not a checkpoint"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown model_type", "not an object", "bad value", "missing config", "missing --cxr",
+                                  "--cxr without a vision model", "ResNet file for a Swin config",
+                                  "folder as --cxr-clip"])
+def test_assemble_bad_cxr_inputs_give_one_line(case, ctclip_dir, tmp_path, capsys):
+    args, path, problem = _bad_cxr_inputs(tmp_path, ctclip_dir)[case]
+    out = tmp_path / "out"
+    assert cli_main(["assemble", str(out), "--ctclip", str(ctclip_dir), *args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"x2ctclip assemble: error: {path}: ") and problem in lines[0], lines[0]
+    assert not out.exists()

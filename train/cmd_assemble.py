@@ -10,28 +10,68 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 def configure_parser(parser, command):
     parser.add_argument("out_dir", type=Path, help="output folder (must not exist or be empty)")
     parser.add_argument("--ctclip", required=True, type=Path, help="converted CT-CLIP folder (CT and report towers)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--cxr", type=Path, help="transformers vision checkpoint folder for the CXR backbone")
-    group.add_argument("--cxr-config", type=Path, help="JSON vision config (with model_type) for a randomly initialised CXR backbone")
-    parser.add_argument("--cxr-clip", type=Path, help="CXR-CLIP checkpoint (.pt/.safetensors) to initialise the CXR tower")
+    group.add_argument("--cxr-config", type=Path,
+                       help="JSON vision config (with model_type) for a randomly initialised CXR backbone")
+    parser.add_argument(
+        "--cxr-clip", type=Path,
+        help="CXR-CLIP checkpoint (swint_mcc.tar / r50_mcc.tar as published, or .pt/.safetensors) for the CXR tower",
+    )
+    parser.add_argument(
+        "--cxr-projection-bias", action="store_true",
+        help="keep the CXR-CLIP projection bias (default: dropped, as the X2CT-CLIP authors' loader does)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle --cxr-clip without restrictions. This RUNS CODE FROM THE FILE: use it only for a file from a "
+        "source you trust, and only if the default (tensors, containers and omegaconf configs only) refuses it",
+    )
+
+
+def _read_vision_config(path: Path) -> dict:
+    """A JSON vision config with ``model_type``, checked by building it (errors name the file)."""
+    from transformers import AutoConfig
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such JSON config file.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JSON config ({' '.join(str(err).split())}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ValueError(f"{path}: expected a JSON object with a 'model_type' (e.g. \"swin\" or \"resnet\").")
+    kwargs = dict(data)
+    try:
+        AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    except Exception as err:  # unknown model type, values of the wrong type
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path}: not a usable vision config ({type(err).__name__}: {text[:200]}).") from None
+    return data
 
 
 def run(args) -> int:
     from x2ctclip.assembly import assemble_x2ctclip
 
     out_dir: Path = args.out_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: output folder exists and is not empty.")
     cxr_config = None
     if args.cxr_config is not None:
-        try:
-            cxr_config = json.loads(args.cxr_config.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{args.cxr_config}: not a readable JSON config ({err}).") from None
-    model = assemble_x2ctclip(args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip)
+        cxr_config = _read_vision_config(args.cxr_config)
+    overrides = {"cxr_projection_bias": True} if args.cxr_projection_bias else {}
+    model = assemble_x2ctclip(
+        args.ctclip, cxr_path=args.cxr, cxr_config=cxr_config, cxrclip_checkpoint=args.cxr_clip,
+        trust_checkpoint=args.trust_checkpoint, **overrides,
+    )
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder should be, no permission
+        raise ValueError(f"{out_dir}: cannot create its folder ({err.strerror or err}).") from None
     # One save path for every model folder (x2ctclip.train.hub_folders): safetensors, remote code, processor,
     # tokenizer, card; written to a temporary sibling and renamed, so an interrupted run leaves no half-written folder.
     from x2ctclip.processors import X2CTCLIPImageProcessor

@@ -29,6 +29,11 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
         help=f"folder holding the report tower's BERT tokenizer ({CXR_BERT}), saved into OUT_DIR",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle CHECKPOINT without restrictions. This RUNS CODE FROM THE FILE: only for a file from a source "
+        "you trust, and only if the default (tensors and containers only) refuses it",
+    )
     parser.add_argument("--sha256", action="store_true", help="record the checkpoint's SHA-256 on the model card")
 
 
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from x2ctclip.train.hub import write_ctclip_model_card
 
     out = convert_ctclip_checkpoint(
-        args.checkpoint, args.out_dir, config_path=args.config, tokenizer_dir=args.tokenizer, overwrite=args.overwrite
+        args.checkpoint, args.out_dir, config_path=args.config, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
     )
     card = write_ctclip_model_card(out, source_checkpoint=args.checkpoint, compute_sha256=args.sha256)
     print(f"Wrote the converted CT-CLIP model (towers: ct, text) to {out}, with its model card {card}")
