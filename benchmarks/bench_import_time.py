@@ -8,7 +8,8 @@ explicitly: ``import x2ctclip.processors, x2ctclip.modeling_classification`` (wh
 and ``modeling_ct``), which is what the old ``import x2ctclip.processors`` executed.
 
 Each statement runs in a new ``python -c`` (nothing cached in the interpreter; the OS file cache is warm after the
-first run, so the first run of each is dropped); the medians of ``--repeats`` runs (wall and CPU time) are printed with the ratios. Run:
+first run, so the first run of each is dropped); the medians of ``--repeats`` runs (wall and CPU time) are printed
+with the ratios, and what the model modules add in an interpreter that imported the processors. Run:
 ``python benchmarks/bench_import_time.py [--repeats 5]``.
 """
 
@@ -56,6 +57,13 @@ def main() -> None:
         cpu[name] = statistics.median(r[1] for r in runs)
         print(f"{name:53s} wall {wall[name]:6.2f} s  cpu {cpu[name]:6.2f} s  modules {runs[0][2]:5d}  "
               f"(wall runs {', '.join(f'{r[0]:.2f}' for r in runs)})")
+    # what the model modules themselves cost once the processors (and with them transformers.modeling_utils) are in
+    code = ("import time, sys, x2ctclip.processors; n = len(sys.modules); t = time.perf_counter(); "
+            "import x2ctclip.modeling_classification; print(time.perf_counter() - t, len(sys.modules) - n)")
+    extra = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+             for _ in range(args.repeats)]  # fmt: skip
+    print(f"model modules after the processors, same interpreter: median "
+          f"{statistics.median(float(e[0]) for e in extra):.3f} s, {extra[0][1]} modules")
     old = "old behaviour (processors + every model module)"
     for name in ("import x2ctclip.processors (lazy)", "import x2ctclip (lazy)"):
         print(f"old / {name}: wall {wall[old] / wall[name]:.2f}x, cpu {cpu[old] / cpu[name]:.2f}x")

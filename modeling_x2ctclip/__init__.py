@@ -6,9 +6,12 @@ Importing this package registers the configs and models with the transformers au
 ``auto_map`` and copies the modeling files next to the weights.
 
 The package is **lazy**, as transformers itself is: ``import x2ctclip`` loads the configs and the processors, not the
-model modules (those pull in ``transformers.modeling_utils``, a few seconds; ``benchmarks/bench_import_time.py``
-measures it). A model module is imported on first use: an attribute of this package (``x2ctclip.X2CTCLIPModel``,
+model modules. A model module is imported on first use: an attribute of this package (``x2ctclip.X2CTCLIPModel``,
 ``from x2ctclip import ...``), or an auto class looking the config up (``AutoModel.from_pretrained(folder)``).
+Most of the import time is transformers' own: its image-processor and processor base classes (which the processors
+subclass, and ``AutoImageProcessor`` / ``AutoProcessor`` need for the registration) import
+``transformers.modeling_utils`` themselves, so the laziness saves the x2ctclip model modules only
+(``benchmarks/bench_import_time.py`` measures both).
 
 transformers' ``register`` API takes the model *class*, so the auto-class entries are put in the mappings'
 ``_extra_content`` as placeholders that import the class when first read (:class:`_LazyModelEntries`); with a
