@@ -24,7 +24,7 @@ from transformers import AutoConfig
 
 from x2ctclip import X2CTCLIPConfig, X2CTCLIPModel
 from x2ctclip.processors.tokenization import load_report_tokenizer, minilm_model_dir
-from x2ctclip.train.zeroshot import ZeroShotClassifier
+from x2ctclip.zero_shot import ZeroShotClassifier
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from x2ctclip.train.hub import load_evaluation_results
 from x2ctclip.train.metrics import classification_report
 from x2ctclip.train.retrieval import retrieval_metrics
 from x2ctclip.train.statistics import delong_test_per_finding
-from x2ctclip.train.zeroshot import ZeroShotClassifier
+from x2ctclip.zero_shot import ZeroShotClassifier
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,7 +19,7 @@ import x2ctclip.processors  # noqa: F401  (registers the processors with AutoIma
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor
 from x2ctclip.train.hub import save_for_hub
-from x2ctclip.train.zeroshot import ZeroShotClassifier
+from x2ctclip.zero_shot import ZeroShotClassifier
 
 ATOL = 1e-5
 

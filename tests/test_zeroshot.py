@@ -11,7 +11,7 @@ from transformers import BatchFeature
 from x2ctclip import CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES, X2CTCLIPModel
 from x2ctclip.processors.tokenization import build_wordpiece_tokenizer
 from x2ctclip.train.calibration import Calibrator
-from x2ctclip.train.zeroshot import ZeroShotClassifier, build_prompts
+from x2ctclip.zero_shot import ZeroShotClassifier, build_prompts
 
 
 @pytest.fixture(scope="module")

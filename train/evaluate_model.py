@@ -167,7 +167,7 @@ class LoadedModel:
         return min(limits)
 
     def zero_shot(self):
-        from .zeroshot import ZeroShotClassifier
+        from x2ctclip.zero_shot import ZeroShotClassifier
 
         if self._zero_shot is None:
             if self.tokenizer is None:

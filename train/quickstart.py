@@ -166,7 +166,7 @@ def evaluate_cxr_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike
     from .metrics import roc_auc
     from .retrieval import retrieval_metrics
     from .train_x2ct import embed_cxrs
-    from .zeroshot import ZeroShotClassifier
+    from x2ctclip.zero_shot import ZeroShotClassifier
 
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -203,7 +203,7 @@ def _teacher_zero_shot(model_dir: Path, cache_dir: Path, split: str) -> dict[str
 
     from .data import load_embedding_cache
     from .metrics import roc_auc
-    from .zeroshot import ZeroShotClassifier
+    from x2ctclip.zero_shot import ZeroShotClassifier
 
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
     tokenizer = load_report_tokenizer(model_dir)

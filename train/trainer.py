@@ -157,7 +157,7 @@ def zero_shot_metrics(model, image_embeds, labels, tokenizer, max_length, device
     (CXR or CT embeddings, ``(n, projection_dim)``) and the model's prompt pairs
     (:class:`~x2ctclip.train.zeroshot.ZeroShotClassifier`); the validation metric of both stages."""
     from .metrics import roc_auc
-    from .zeroshot import ZeroShotClassifier
+    from x2ctclip.zero_shot import ZeroShotClassifier
 
     classifier = ZeroShotClassifier(model, tokenizer, max_length=max_length)
     probabilities = classifier.predict_from_embeddings(image_embeds).probabilities.cpu().numpy()

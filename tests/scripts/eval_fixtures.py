@@ -74,7 +74,7 @@ def make_preprocessed(root: Path, scans: dict[str, int] | None = None, seed: int
 
 def tokenizer_for_tests():
     from x2ctclip.processors import build_wordpiece_tokenizer
-    from x2ctclip.train.zeroshot import build_prompts
+    from x2ctclip.zero_shot import build_prompts
 
     texts = build_prompts(CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES)
     texts += [f"There is {f.lower()}. No {f.lower()}." for f in CT_RATE_FINDINGS]
