@@ -35,6 +35,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
+from .calibration import apply_calibration, calibration_thresholds, check_calibration
 from .configuration_x2ctclip import X2CTCLIPConfig
 from .modeling_x2ctclip import X2CTCLIPPreTrainedModel, _feature_width, mean_pool_tokens
 
@@ -45,8 +46,6 @@ __all__ = [
     "classification_config",
 ]
 
-_CALIBRATION_KEYS = {"format_version", "method", "finding_names", "slope", "intercept", "thresholds", "threshold_method"}
-_CALIBRATION_METHODS = ("temperature", "platt", "identity")
 
 
 @dataclass
@@ -107,32 +106,6 @@ def _set_labels(config: X2CTCLIPConfig) -> None:
     config.problem_type = "multi_label_classification"
 
 
-def _check_calibration(calibration: Any, findings: list[str]) -> dict[str, Any]:
-    """Validates a ``Calibrator.to_dict()``-style dict against the findings; returns it. Raises ValueError."""
-    if not isinstance(calibration, dict):
-        raise ValueError(f"config.calibration must be a dict (Calibrator.to_dict()), got {type(calibration).__name__}.")
-    unknown = set(calibration) - _CALIBRATION_KEYS
-    missing = [k for k in ("method", "slope", "intercept") if k not in calibration]
-    if unknown or missing:
-        raise ValueError(f"config.calibration: unknown keys {sorted(unknown)}, missing keys {missing}.")
-    if calibration.get("format_version", 1) != 1:
-        raise ValueError(f"config.calibration format_version {calibration['format_version']} is not supported (1 is).")
-    if calibration["method"] not in _CALIBRATION_METHODS:
-        raise ValueError(f"config.calibration method must be one of {_CALIBRATION_METHODS}, got {calibration['method']!r}.")
-    n = len(findings)
-    for key in ("slope", "intercept", "thresholds", "finding_names"):
-        value = calibration.get(key)
-        if value is not None and len(value) != n:
-            raise ValueError(f"config.calibration {key} has {len(value)} entries for {n} findings.")
-    for key in ("slope", "intercept"):
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in calibration[key]):
-            raise ValueError(f"config.calibration {key} must hold finite numbers.")
-    names = calibration.get("finding_names")
-    if names is not None and list(names) != list(findings):
-        raise ValueError("config.calibration finding_names differ from config.findings (another label order?).")
-    return calibration
-
-
 class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
     """X2CT-CLIP CXR tower + projection + a linear multi-label head on the L2-normalised latent.
 
@@ -164,7 +137,7 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
                                         bias=config.cxr_projection_bias)
         self.classifier = nn.Linear(config.projection_dim, self.num_labels)
         if getattr(config, "calibration", None) is not None:
-            _check_calibration(config.calibration, list(config.findings))
+            check_calibration(config.calibration, list(config.findings))
         self.post_init()
 
     def _init_weights(self, module):
@@ -303,11 +276,11 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
     def calibration(self) -> dict[str, Any] | None:
         """The calibration dict in the config (``Calibrator.to_dict()`` format), or None."""
         calibration = getattr(self.config, "calibration", None)
-        return None if calibration is None else _check_calibration(calibration, list(self.config.findings))
+        return None if calibration is None else check_calibration(calibration, list(self.config.findings))
 
     def set_calibration(self, calibration: dict[str, Any] | None) -> None:
         """Store (validated) or remove ``config.calibration``; saved with the config by ``save_pretrained``."""
-        self.config.calibration = None if calibration is None else _check_calibration(
+        self.config.calibration = None if calibration is None else check_calibration(
             dict(calibration), list(self.config.findings)
         )
 
@@ -332,20 +305,8 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
         finally:
             self.train(was_training)
         calibration = self.calibration
-        n = self.num_labels
-        if calibration is not None:
-            slope = torch.tensor(calibration["slope"], dtype=logits.dtype, device=logits.device)
-            intercept = torch.tensor(calibration["intercept"], dtype=logits.dtype, device=logits.device)
-            probabilities = torch.sigmoid(logits * slope + intercept)
-        else:
-            probabilities = torch.sigmoid(logits)
-        if threshold is not None:
-            thresholds = torch.full((n,), float(threshold), device=logits.device)
-        elif calibration is not None and calibration.get("thresholds") is not None:
-            values = [math.nan if v is None else float(v) for v in calibration["thresholds"]]
-            thresholds = torch.tensor(values, dtype=logits.dtype, device=logits.device)
-        else:
-            thresholds = torch.full((n,), 0.5, device=logits.device)
+        probabilities = apply_calibration(logits, calibration)
+        thresholds = calibration_thresholds(calibration, self.num_labels, threshold).to(logits.device)
         predictions = probabilities >= torch.nan_to_num(thresholds, nan=math.inf)
         return X2CTCLIPClassificationPrediction(
             probabilities=probabilities, predictions=predictions, thresholds=thresholds, logits=logits
