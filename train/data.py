@@ -79,6 +79,13 @@ __all__ = [
     "select_one_recon_per_scan",
     "stream_ct_rate",
     "volume_stem",
+    "CT_RATE_TABLES",
+    "CT_RATE_NO_CHEST",
+    "CT_RATE_RELEASES",
+    "read_no_chest",
+    "resolve_release",
+    "table_path",
+    "volume_folder",
 ]
 
 #: Split names of CT-RATE (``test`` exists only in synthetic sets).
@@ -90,9 +97,71 @@ PREPROCESS_CONFIG = "preprocess_config.json"
 #: File name of the parameters of an embedding cache (``CACHE/cache_config.json``).
 EMBEDDING_CACHE_CONFIG = "cache_config.json"
 
-_REPORTS = "radiology_text_reports/{split}_reports.csv"
-_LABELS = "multi_abnormality_labels/{split}_predicted_labels.csv"
-_METADATA = "metadata/{split}_metadata.csv"
+#: The table file of each kind and split in the CT-RATE release (dataset card of ``ibrahimhamamci/CT-RATE`` and
+#: CT-CLIP's scripts; recorded in ``tests/fixtures/ct_rate_release_layout.json``). The release spells the validation
+#: split "validation" in the reports and metadata names but "valid" in the labels name and the volume folders.
+CT_RATE_TABLES: dict[str, dict[str, str]] = {
+    "reports": {"train": "radiology_text_reports/train_reports.csv",
+                "valid": "radiology_text_reports/validation_reports.csv"},
+    "labels": {"train": "multi_abnormality_labels/train_predicted_labels.csv",
+               "valid": "multi_abnormality_labels/valid_predicted_labels.csv"},
+    "metadata": {"train": "metadata/train_metadata.csv", "valid": "metadata/validation_metadata.csv"},
+}
+#: Lists of the volumes that are not chest CTs (one entry a line, matched by the last path component).
+CT_RATE_NO_CHEST = {"train": "metadata/no_chest_train.txt", "valid": "metadata/no_chest_valid.txt"}
+#: ``release`` choices: ``fixed`` = the corrected release in ``{split}_fixed/`` (HU values, full headers),
+#: ``original`` = the first release in ``{split}/`` (blank headers, metadata rescale), ``auto`` = fixed when present.
+CT_RATE_RELEASES = ("auto", "fixed", "original")
+# Splits outside the release (the synthetic "test") follow the train pattern.
+_FALLBACK = {"reports": "radiology_text_reports/{split}_reports.csv",
+             "labels": "multi_abnormality_labels/{split}_predicted_labels.csv",
+             "metadata": "metadata/{split}_metadata.csv"}
+
+
+def table_path(kind: str, split: str) -> str:
+    """Path below the CT-RATE root of the ``kind`` table (reports, labels, metadata) of ``split``."""
+    return CT_RATE_TABLES[kind].get(split) or _FALLBACK[kind].format(split=split)
+
+
+def volume_folder(split: str, release: str) -> str:
+    """Top folder of a split's volumes: ``{split}_fixed`` (corrected release) or ``{split}`` (first release)."""
+    if release not in ("fixed", "original"):
+        raise ValueError(f"release must be 'fixed' or 'original' here, got {release!r}.")
+    return f"{split}_fixed" if release == "fixed" else split
+
+
+def resolve_release(root, split: str, release: str = "auto", *, storage_options=None, fs=None, base=None) -> str:
+    """The release a split is read from: ``release`` itself, or for ``"auto"`` ``"fixed"`` when ``{split}_fixed/``
+    exists below the root and ``"original"`` otherwise.
+
+    Raises:
+        ValueError: an unknown choice, or the chosen folder is absent (naming it and the one present).
+    """
+    if release not in CT_RATE_RELEASES:
+        raise ValueError(f"release must be one of {', '.join(CT_RATE_RELEASES)}, got {release!r}.")
+    if fs is None:
+        fs, base = resolve_data_root(root, storage_options)
+    present = {r: fs.isdir(posixpath.join(base, volume_folder(split, r))) for r in ("fixed", "original")}
+    if release == "auto":
+        return "fixed" if present["fixed"] or not present["original"] else "original"
+    if not present[release]:
+        other = "original" if release == "fixed" else "fixed"
+        found = f"; found {posixpath.join(base, volume_folder(split, other))}/ (--release {other})" if present[other] else ""
+        raise FileNotFoundError(
+            f"{posixpath.join(base, volume_folder(split, release))}/: no {release}-release volume folder{found}."
+        )
+    return release
+
+
+def read_no_chest(fs, base: str, split: str) -> set[str]:
+    """Stems listed in the split's ``no_chest`` list (empty when the release has none for the split)."""
+    rel = CT_RATE_NO_CHEST.get(split)
+    if rel is None or not fs.exists(posixpath.join(base, rel)):
+        return set()
+    with fs.open(posixpath.join(base, rel), "rb") as handle:
+        text = handle.read().decode("utf-8", errors="replace")
+    # Public loaders match an entry by its last path component, with or without .nii.gz.
+    return {volume_stem(line.strip().replace("\\", "/").rsplit("/", 1)[-1]) for line in text.splitlines() if line.strip()}
 _NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<patient>[A-Za-z0-9]+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>[A-Za-z0-9]+)$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -194,7 +263,13 @@ def _read_csv(fs, path: str, what: str, required: bool = True):
 
     if not fs.exists(path):
         if required:
-            raise FileNotFoundError(f"{path}: the CT-RATE {what} table is missing.")
+            folder = posixpath.dirname(path)
+            try:
+                found = sorted(posixpath.basename(p) for p in fs.ls(folder, detail=False) if p.endswith(".csv"))
+            except (FileNotFoundError, OSError):
+                found = []
+            instead = f"found instead: {', '.join(found)}" if found else f"{folder}/ holds no CSV"
+            raise FileNotFoundError(f"{path}: the CT-RATE {what} table is missing ({instead}).")
         return None
     with fs.open(path, "rb") as handle:
         try:
@@ -229,6 +304,9 @@ def ct_rate_table(
     *,
     storage_options: Mapping[str, Any] | None = None,
     require_metadata: bool = False,
+    release: str = "auto",
+    keep_non_chest: bool = False,
+    info: dict | None = None,
 ):
     """Reports, labels and metadata of one split joined by volume name: a ``pandas.DataFrame``, one row per volume.
 
@@ -237,6 +315,10 @@ def ct_rate_table(
     canonical order, read by position), ``slope``, ``intercept``, ``xy_spacing``, ``z_spacing`` (mm; NaN where the
     metadata table is absent; a NaN ``ZSpacing`` is replaced by the in-plane spacing, as X2CT-CLIP did). Sorted by
     volume name. Volumes missing from the reports or the labels table are left out with a warning.
+
+    ``release`` (``auto``/``fixed``/``original``, :func:`resolve_release`) chooses the volume folder of ``path``
+    (``{split}_fixed/`` or ``{split}/``); the volumes of the split's ``no_chest`` list are left out unless
+    ``keep_non_chest``. When ``info`` is a dict it receives ``release`` and ``non_chest_excluded`` (a count).
 
     Raises:
         FileNotFoundError: a required table is missing.
@@ -247,8 +329,11 @@ def ct_rate_table(
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}.")
     fs, base = resolve_data_root(root, storage_options)
-    paths = {key: posixpath.join(base, pattern.format(split=split)) for key, pattern in
-             (("reports", _REPORTS), ("labels", _LABELS), ("metadata", _METADATA))}
+    chosen = resolve_release(root, split, release, fs=fs, base=base)
+    folder = volume_folder(split, chosen)
+    paths = {key: posixpath.join(base, table_path(key, split)) for key in ("reports", "labels", "metadata")}
+    # The first release's volumes need the metadata (blank headers: spacing and rescale come from it).
+    require_metadata = require_metadata or chosen == "original"
     reports = _keyed(_read_csv(fs, paths["reports"], "reports"), paths["reports"])
     labels = _keyed(_read_csv(fs, paths["labels"], "labels"), paths["labels"])
     metadata = _read_csv(fs, paths["metadata"], "metadata", required=require_metadata)
@@ -274,6 +359,19 @@ def ct_rate_table(
     label_of = dict(zip(labels.index, label_values.astype(np.int8)))
 
     keys = reports.index.intersection(labels.index)
+    excluded = 0
+    if not keep_non_chest:
+        no_chest = read_no_chest(fs, base, split)
+        excluded = int(keys.isin(list(no_chest)).sum())
+        keys = keys[~keys.isin(list(no_chest))]
+        if excluded:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: %d %s volumes are in %s (not chest CTs) and are left out (--keep-non-chest keeps them).",
+                root, excluded, split, CT_RATE_NO_CHEST[split])
+    if info is not None:
+        info.update(release=chosen, non_chest_excluded=excluded)
     for name, table in (("reports", reports), ("labels", labels)):
         dropped = table.index.difference(keys)
         if len(dropped):
@@ -303,7 +401,7 @@ def ct_rate_table(
             {
                 "VolumeName": str(report_row["VolumeName"]),
                 "scan_id": parsed.scan_id,
-                "path": parsed.relpath,
+                "path": f"{folder}/{parsed.relpath.split('/', 1)[1]}",
                 "report": clean_report(report_row["Findings_EN"], report_row["Impressions_EN"]),
                 "labels": label_of[stem],
                 "slope": slope,
@@ -450,13 +548,16 @@ class _TableRef:
     inherit the parent's copy; spawned ones read the CSVs once.
     """
 
-    def __init__(self, root, split: str, storage_options: Mapping[str, Any] | None):
+    def __init__(self, root, split: str, storage_options: Mapping[str, Any] | None, release: str = "auto",
+                 keep_non_chest: bool = False):
         self.root, self.split = os.fspath(root), split
         self.storage_options = dict(storage_options or {})
+        self.release, self.keep_non_chest = release, bool(keep_non_chest)
 
     @property
     def key(self) -> tuple:
-        return (self.root, self.split, json.dumps(self.storage_options, sort_keys=True, default=str))
+        return (self.root, self.split, json.dumps(self.storage_options, sort_keys=True, default=str), self.release,
+                self.keep_non_chest)
 
     def store(self, table) -> dict[str, dict[str, Any]]:
         records = {}
@@ -471,7 +572,8 @@ class _TableRef:
     def records(self) -> dict[str, dict[str, Any]]:
         cached = _TABLES.get(self.key)
         if cached is None:
-            cached = self.store(ct_rate_table(self.root, self.split, storage_options=self.storage_options))
+            cached = self.store(ct_rate_table(self.root, self.split, storage_options=self.storage_options,
+                                              release=self.release, keep_non_chest=self.keep_non_chest))
         return cached
 
 
@@ -580,6 +682,8 @@ def stream_ct_rate(
     storage_options: Mapping[str, Any] | None = None,
     decode: bool = True,
     validate_hu: bool = True,
+    release: str = "auto",
+    keep_non_chest: bool = False,
 ):
     """Stream one split of a CT-RATE layout as a ``datasets.IterableDataset``, reading one file at a time.
 
@@ -612,6 +716,8 @@ def stream_ct_rate(
         storage_options: fsspec options (e.g. ``{"token": ...}`` for a gated Hub repository).
         decode: ``False`` leaves out the decoding step (the examples then hold the tables' fields and ``path``).
         validate_hu: check each volume is plausible HU.
+        release: ``"auto"`` (the corrected ``{split}_fixed/`` folder when present), ``"fixed"`` or ``"original"``.
+        keep_non_chest: keep the volumes of the release's ``no_chest`` lists (left out by default).
 
     Returns:
         A ``datasets.IterableDataset`` with ``VolumeName``, ``scan_id``, ``report``, ``labels`` (int8[18]) and the
@@ -625,8 +731,11 @@ def stream_ct_rate(
         raise ValueError("image_processor needs cxr_mode (the CXR is simulated from each CT).")
     if shuffle_buffer_size is not None and int(shuffle_buffer_size) < 1:
         raise ValueError(f"shuffle_buffer_size must be a positive int or None, got {shuffle_buffer_size!r}.")
-    table = ct_rate_table(root, split, storage_options=storage_options)
-    handle = _TableRef(root, split, storage_options)
+    info: dict[str, Any] = {}
+    table = ct_rate_table(root, split, storage_options=storage_options, release=release,
+                          keep_non_chest=keep_non_chest, info=info)
+    # The resolved release is fixed here, so every worker reads the same folder.
+    handle = _TableRef(root, split, storage_options, info["release"], keep_non_chest)
     handle.store(table)  # the whole split: this process (and forked workers) will not read the CSVs again
     if volume_names is not None:
         wanted = {volume_stem(n) for n in volume_names}
