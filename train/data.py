@@ -38,9 +38,7 @@ contrastive loss). :func:`one_recon_per_scan` and :class:`UniqueScanBatchSampler
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -64,6 +62,7 @@ __all__ = [
     "CTRateName",
     "ShardedSplitWriter",
     "UniqueScanBatchSampler",
+    "check_air",
     "ct_rate_table",
     "ct_values_from_ct",
     "embedding_cache_features",
@@ -417,28 +416,6 @@ def ct_rate_table(
 
 
 # --------------------------------------------------------------------------------------------------- reading a CT
-def _gunzip(data: bytes) -> bytes:
-    try:  # igzip (python-isal) decodes several times faster than zlib
-        from isal import igzip
-
-        return igzip.decompress(data)
-    except ImportError:  # pragma: no cover - isal is a dependency
-        return gzip.decompress(data)
-
-
-def _nifti_header(raw: bytes, source: str):
-    import nibabel as nib
-
-    if len(raw) < 348:
-        raise ValueError(f"{source}: file is empty or truncated ({len(raw)} bytes; a NIfTI header needs 348).")
-    sizes = (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
-    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
-    try:
-        return klass.from_fileobj(io.BytesIO(raw[:544]))
-    except Exception as error:  # nibabel raises HeaderDataError, struct.error, ...
-        raise ValueError(f"{source}: not a NIfTI file ({type(error).__name__}: {error}).") from None
-
-
 def read_ct_rate_volume(
     path: str,
     *,
@@ -469,69 +446,57 @@ def read_ct_rate_volume(
         FileNotFoundError: no such file.
         ValueError: corrupt/truncated file, a header without orientation and no metadata spacing, values not in HU.
     """
-    from x2ctclip.processors.volume_io import check_hu, ct_rate_affine, volume_from_array
+    from x2ctclip.processors.volume_io import check_hu, decode_nifti
 
     if fs is None:
         import fsspec
 
         fs = fsspec.filesystem("file")
     source = path if _is_local(fs) else fs.unstrip_protocol(path)
+    blank_spacing = None if math.isnan(xy_spacing) or math.isnan(z_spacing) else (z_spacing, xy_spacing, xy_spacing)
+    blank_rescale = None if math.isnan(slope) or math.isnan(intercept) else (slope, intercept)
     try:
-        with fs.open(path, "rb") as handle:
-            raw = handle.read()
+        handle = fs.open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: no such CT file (listed in the CT-RATE tables).") from None
-    if not raw:
-        raise ValueError(f"{source}: file is empty.")
-    if path.endswith(".gz"):
-        try:
-            raw = _gunzip(raw)
-        except Exception as error:  # truncated gzip: EOFError, zlib.error, isal's IsalError ...
-            raise ValueError(f"{source}: corrupt or truncated gzip stream ({type(error).__name__}: {error}).") from None
-    header = _nifti_header(raw, source)
-    shape = tuple(int(n) for n in header.get_data_shape())
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3 or min(shape) < 2:
-        raise ValueError(f"{source}: expected a 3-D CT volume, got an image of shape {shape}.")
-    count = math.prod(shape)
-    if max_voxels is not None and count > max_voxels:
-        raise ValueError(f"{source}: {shape} = {count:,} voxels is more than max_voxels={max_voxels:,}.")
-    dtype = header.get_data_dtype()
-    if dtype.kind not in "iuf":
-        raise ValueError(f"{source}: unsupported NIfTI data type {dtype} for a CT volume.")
-    offset = int(header.get_data_offset())
-    if len(raw) < offset + count * dtype.itemsize:
-        raise ValueError(
-            f"{source}: file is truncated: {count:,} voxels of {dtype} need {offset + count * dtype.itemsize:,} bytes, "
-            f"the file holds {len(raw):,}."
-        )
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
-    if not dtype.isnative:
-        data = data.astype(dtype.newbyteorder("="))
-
-    header_slope, header_inter = header.get_slope_inter()
-    oriented = int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0
-    if oriented:
-        affine = header.get_best_affine()
-    else:
-        if math.isnan(xy_spacing) or math.isnan(z_spacing):
-            raise ValueError(
-                f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0, as in early CT-RATE "
-                "releases) and the metadata table gives no XYSpacing/ZSpacing for it."
-            )
-        affine = ct_rate_affine(xy_spacing, z_spacing)
-    header_rescale = (float(header_slope), float(header_inter or 0.0)) if header_slope is not None else (1.0, 0.0)
-    if not oriented and not (math.isnan(slope) or math.isnan(intercept)):
-        # A header without orientation is an early-release file: its scl_slope/scl_inter (when set at all) are
-        # writer defaults, the metadata table holds the scanner's RescaleSlope/RescaleIntercept.
-        rescale = (float(slope), float(intercept))
-    else:
-        rescale = header_rescale
-    volume = volume_from_array(data, affine=affine, rescale=rescale, source=source)
+    with handle:
+        # The project's one NIfTI decoder; the metadata fills in only for a blank (first-release) header.
+        volume = decode_nifti(handle, source, blank_header_spacing=blank_spacing, blank_header_rescale=blank_rescale,
+                              max_voxels=max_voxels, blank_header="error")
     if validate:
         check_hu(volume)
+        check_air(volume)
     return volume
+
+
+#: HU band of air (lungs and outside the body) in a chest CT; CT-RATE volumes hold much of it. A volume with
+#: almost nothing there was rescaled twice (the corrected release's HU with the metadata intercept applied again:
+#: air at about -2000 HU) or not at all (air at about 0 or +1000 stored values).
+AIR_BAND_HU: tuple[float, float] = (-1150.0, -850.0)
+#: Least fraction of the voxels (sampled) that must lie in :data:`AIR_BAND_HU`.
+MIN_AIR_FRACTION: float = 0.01
+
+
+def check_air(volume) -> float:
+    """Raise ``ValueError`` (naming the file and the numbers) unless at least :data:`MIN_AIR_FRACTION` of the
+    voxels lie in :data:`AIR_BAND_HU`; return that fraction. Samples every 4th voxel along each axis."""
+    sample = volume.array[::4, ::4, ::4].astype(np.float32) * np.float32(volume.slope) + np.float32(volume.intercept)
+    lo, hi = AIR_BAND_HU
+    fraction = float(((sample >= lo) & (sample <= hi)).mean()) if sample.size else 0.0
+    if fraction < MIN_AIR_FRACTION:
+        dark = sample[sample < -500]
+        if dark.size:
+            counts, edges = np.histogram(dark, bins=np.arange(float(dark.min()), -499.0, 50.0) if dark.min() < -550
+                                         else 1)
+            peak = f"the most common value below -500 HU is about {edges[int(np.argmax(counts))]:.0f} HU"
+        else:
+            peak = f"nothing is below -500 HU (darkest {float(sample.min()):.0f} HU)"
+        raise ValueError(
+            f"{volume.source}: not plausible HU after rescale (slope={volume.slope:g}, intercept={volume.intercept:g}):"
+            f" {100 * fraction:.2f}% of the voxels are air ({lo:g} to {hi:g} HU), {peak}; a chest CT has air near "
+            "-1000 HU (metadata rescale applied to an already-HU file, or the wrong release?)."
+        )
+    return fraction
 
 
 # -------------------------------------------------------------------------------------------------------- streaming
