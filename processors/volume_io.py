@@ -340,11 +340,12 @@ def _parse_nifti_header(raw: bytes, source: str):
 
 
 def _header_rescale(header, source: str) -> tuple[float, float]:
-    """``scl_slope`` / ``scl_inter`` checked: both 0 or NaN mean "no scaling" (the NIfTI-1 rule for slope 0, and
-    nibabel's NaN default); an infinite slope or intercept, or an intercept without a slope, is an error."""
+    """``scl_slope`` / ``scl_inter`` checked: a slope of 0 or NaN with no intercept means "no scaling" (the NIfTI-1
+    rule for slope 0, and nibabel's NaN default), a NaN intercept is 0 (as nibabel reads it); an infinite slope or
+    intercept, or an intercept without a slope, is an error."""
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
     unset_slope = slope == 0.0 or math.isnan(slope)
-    if math.isinf(slope) or math.isinf(inter) or (not unset_slope and math.isnan(inter)):
+    if math.isinf(slope) or math.isinf(inter):
         raise ValueError(f"{source}: invalid NIfTI scale factors scl_slope={slope!r}, scl_inter={inter!r}.")
     if unset_slope:
         if not (inter == 0.0 or math.isnan(inter)):
@@ -420,6 +421,8 @@ def decode_nifti(
         raise ValueError(f"{source}: file is empty.")
     head = bytes(head_buffer[:got])
     header = _parse_nifti_header(head, source)
+    # nibabel's header check silently turns a zero pixdim into 1 mm; the unchecked copy keeps what the file says.
+    raw_zooms = [float(v) for v in type(header).from_fileobj(io.BytesIO(head), check=False)["pixdim"][1:4]]
     shape = _squeeze_to_3d(header.get_data_shape(), source)
     _check_budget(shape, max_voxels, source)
     dtype = header.get_data_dtype()
@@ -465,6 +468,8 @@ def decode_nifti(
             affine = header.get_best_affine()
             if spacing is None:
                 check_spacing_plausible(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), source)
+                if int(header["sform_code"]) == 0:  # the qform's voxel size is pixdim
+                    check_spacing_plausible(raw_zooms, source, "header's pixdim")
         elif blank_header_spacing is not None and all(math.isfinite(float(v)) for v in blank_header_spacing):
             sz, sy, sx = (float(v) for v in blank_header_spacing)
             if spacing is None:
@@ -476,7 +481,7 @@ def decode_nifti(
                     f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0, as in the first "
                     "CT-RATE release) and no spacing was given for it (no XYSpacing / ZSpacing from the metadata)."
                 )
-            zooms = [float(z) for z in header.get_zooms()[:3]]
+            zooms = raw_zooms
             if spacing is None:
                 check_spacing_plausible(zooms, source, "header's pixdim")
             else:

@@ -358,6 +358,15 @@ def ct_rate_table(
     label_of = dict(zip(labels.index, label_values.astype(np.int8)))
 
     keys = reports.index.intersection(labels.index)
+    for name, table in (("reports", reports), ("labels", labels)):
+        dropped = table.index.difference(keys)
+        if len(dropped):
+            other = "labels" if name == "reports" else "reports"
+            warnings.warn(
+                f"{paths[name]}: {len(dropped)} volumes have no row in the {other} table and are left out "
+                f"(e.g. {dropped[0]!r}).",
+                stacklevel=2,
+            )
     excluded = 0
     if not keep_non_chest:
         no_chest = read_no_chest(fs, base, split)
@@ -371,15 +380,6 @@ def ct_rate_table(
                 root, excluded, split, CT_RATE_NO_CHEST[split])
     if info is not None:
         info.update(release=chosen, non_chest_excluded=excluded)
-    for name, table in (("reports", reports), ("labels", labels)):
-        dropped = table.index.difference(keys)
-        if len(dropped):
-            other = "labels" if name == "reports" else "reports"
-            warnings.warn(
-                f"{paths[name]}: {len(dropped)} volumes have no row in the {other} table and are left out "
-                f"(e.g. {dropped[0]!r}).",
-                stacklevel=2,
-            )
     rows = []
     for stem in sorted(keys):
         parsed = parse_volume_name(stem)
