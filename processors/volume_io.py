@@ -560,12 +560,31 @@ def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
     return found
 
 
+def _dicom_number(ds, path: Path, keyword: str, default: float) -> float:
+    """A finite number from a DICOM attribute (``default`` when absent or empty), else an error naming the file."""
+    try:
+        value = ds.get(keyword, None)
+        value = getattr(value, "value", value)
+    except Exception as exc:  # pydicom may raise when converting a malformed DS value
+        raise ValueError(f"{path}: {keyword} cannot be read ({type(exc).__name__}: {exc}).") from None
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {keyword} is {str(value)!r}, not a number.") from None
+    if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0.0):
+        raise ValueError(f"{path}: {keyword} is {number!r}, not a valid rescale value.")
+    return number
+
+
 def read_dicom_series(
     folder: str | os.PathLike,
     *,
     spacing: Sequence[float] | None = None,
     rescale: tuple[float, float] | None = None,
     max_voxels: int | None = None,
+    slice_gaps: str = "error",
 ) -> CTVolume:
     """Read one axial DICOM CT series (a folder of single-frame slices) into the canonical orientation.
 
@@ -573,13 +592,21 @@ def read_dicom_series(
     the slice spacing is the median distance between consecutive positions. RescaleSlope/RescaleIntercept are
     applied (kept as slope/intercept when all slices agree; otherwise converted to float32 HU per slice).
 
+    Missing slices (a distance between consecutive positions more than 10 % away from the median) are an error
+    unless ``slice_gaps="median"``: the documented gap rule that stacks the slices at the median spacing anyway
+    (the z extent is then short by the missing slices; a warning says so).
+
     Args:
         folder: folder holding the series' files (non-DICOM files are ignored; several series are an error).
         spacing: replaces the voxel spacing, ``(z, y, x)`` mm in canonical order.
         rescale: ``(slope, intercept)`` replacing RescaleSlope/RescaleIntercept.
         max_voxels: refuse (``ValueError``) larger series, checked on headers before pixel data is read.
+        slice_gaps: ``"error"`` (default) or ``"median"`` (see above).
     """
     import pydicom
+
+    if slice_gaps not in ("error", "median"):
+        raise ValueError(f"slice_gaps must be 'error' or 'median', got {slice_gaps!r}.")
 
     folder = Path(folder)
     source = str(folder)
@@ -612,6 +639,13 @@ def read_dicom_series(
     if np.any(gaps < 1e-3):
         raise ValueError(f"{source}: several slices share one position; the folder mixes acquisitions or is a 2-D set.")
     dz = float(np.median(gaps))
+    if np.ptp(gaps) > 0.1 * dz and slice_gaps == "error":
+        worst = int(np.argmax(np.abs(gaps - dz)))
+        raise ValueError(
+            f"{source}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm (median {dz:.3g} mm; "
+            f"{gaps[worst]:.3g} mm after {slices[worst][0].name}): missing slices? Pass slice_gaps='median' to stack "
+            "them at the median spacing anyway."
+        )
     if np.ptp(gaps) > 0.1 * dz:
         warnings.warn(
             f"{source}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm (missing slices?); "
@@ -624,8 +658,8 @@ def read_dicom_series(
     _check_budget(shape, max_voxels, source)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
 
-    slopes = [float(getattr(ds, "RescaleSlope", 1.0) or 1.0) for _, ds in slices]
-    intercepts = [float(getattr(ds, "RescaleIntercept", 0.0) or 0.0) for _, ds in slices]
+    slopes = [_dicom_number(ds, path, "RescaleSlope", 1.0) for path, ds in slices]
+    intercepts = [_dicom_number(ds, path, "RescaleIntercept", 0.0) for path, ds in slices]
     uniform = len(set(slopes)) == 1 and len(set(intercepts)) == 1 and rescale is None
     data = None
     for index, (path, _) in enumerate(slices):

@@ -132,3 +132,44 @@ def test_blank_header_with_metadata_spacing_and_rescale():
     assert oriented.intercept == 0.0 and oriented.spacing_mm == pytest.approx((2.0, 0.8, 0.8))  # header wins
     with pytest.raises(ValueError, match="ct.nii: the NIfTI header has no orientation"):
         V.decode_nifti(raw, "ct.nii", blank_header="error")
+
+
+def _series(folder, n=6, skip=(), slope=1.0):
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).parent))
+    from test_volume_processor import CT_IOP, write_dicom_series
+
+    stored = np.full((n, 8, 8), 24, np.int16)
+    stored[:, 3:5, 3:5] = 1064
+    write_dicom_series(folder, stored, CT_IOP, [0.0, 0.0, 0.0], (0.8, 0.8), 2.0, slope=slope, intercept=-1024.0)
+    for k in skip:  # delete the slice at position k (files are named by a shuffled order: find it by position)
+        import pydicom
+
+        for path in folder.glob("IM*"):
+            if abs(float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2]) - 2.0 * k) < 1e-6:
+                path.unlink()
+    return folder
+
+
+def test_dicom_missing_slices_are_an_error_unless_the_gap_rule_is_chosen(tmp_path):
+    folder = _series(tmp_path / "gappy", skip=(3,))
+    with pytest.raises(ValueError, match=r"gappy: slice spacing varies from 2 to 4 mm .*missing slices"):
+        V.read_dicom_series(folder)
+    with pytest.warns(UserWarning, match="missing slices"):
+        volume = V.read_dicom_series(folder, slice_gaps="median")
+    assert volume.shape[0] == 5 and volume.spacing_mm[0] == pytest.approx(2.0)
+    assert V.read_dicom_series(_series(tmp_path / "whole")).shape[0] == 6
+
+
+def test_dicom_rescale_slope_that_is_not_a_number_names_the_file(tmp_path):
+    import pydicom
+
+    folder = _series(tmp_path / "bad")
+    victim = sorted(folder.glob("IM*"))[2]
+    ds = pydicom.dcmread(victim)
+    ds.add_new(0x00281053, "LO", "x")  # RescaleSlope; pydicom refuses to write "x" as a DS, a careless tool did not
+    ds.save_as(victim)
+    with pytest.raises(ValueError, match=rf"{victim.name}: RescaleSlope is 'x', not a number"):
+        V.load_ct(folder)
