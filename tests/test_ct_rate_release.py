@@ -219,3 +219,16 @@ def test_hf_missing_table_names_what_was_found(hub):
     with pytest.raises(FileNotFoundError, match=r"validation_reports.csv: the CT-RATE reports table is missing "
                                                 r"\(found instead: train_reports.csv\)"):
         D.ct_rate_table(HF_ROOT, "valid")
+
+
+def test_listed_but_absent_volume_is_refused_before_writing(releases, tmp_path, capsys):
+    root = tmp_path / "partial"
+    shutil.copytree(releases / "fixed", root)
+    victim = sorted((root / "valid_fixed").rglob("*.nii.gz"))[0]
+    victim.unlink()
+    out = tmp_path / "out"
+    code = cli_main(["preprocess", str(root), str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
+    assert err.startswith("x2ctclip preprocess: error: ") and f"{victim.name}: no such CT file" in err
+    assert "1 of 2 listed volumes are missing" in err

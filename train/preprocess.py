@@ -187,6 +187,32 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _check_volumes_present(data_root, storage_options, tables) -> None:
+    """Every volume the tables list must exist (one recursive listing per split folder), before anything is written:
+    a partial download fails here naming a missing file, not after hours of preprocessing."""
+    import posixpath
+
+    fs, base = resolve_data_root(data_root, storage_options)
+    for split, table in tables.items():
+        folders = sorted({p.split("/", 1)[0] for p in table["path"]})
+        present = set()
+        for folder in folders:
+            root = posixpath.join(base, folder)
+            # Matched on what follows "/{folder}/", so that a listing spelling the root differently (a revision
+            # resolved or not, a leading slash) still matches.
+            marker = f"/{folder}/"
+            for found in fs.find(root):
+                found = "/" + str(found).lstrip("/")
+                if marker in found:
+                    present.add(folder + "/" + found.rsplit(marker, 1)[1])
+        missing = [p for p in table["path"] if p not in present]
+        if missing:
+            raise FileNotFoundError(
+                f"{posixpath.join(base, missing[0])}: no such CT file, listed in the {split} tables "
+                f"({len(missing)} of {len(table)} listed volumes are missing; download them or drop the split)."
+            )
+
+
 def preprocess_ct_rate(
     data_root: str | os.PathLike,
     out: str | os.PathLike,
@@ -277,6 +303,7 @@ def preprocess_ct_rate(
     for split, table in tables.items():
         if table.empty:
             raise ValueError(f"{data_root}: the {split} split has no volume with both a report and labels.")
+    _check_volumes_present(data_root, storage_options, tables)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / PREPROCESS_CONFIG
