@@ -96,12 +96,27 @@ def test_preprocessed_rows_equal_the_volume_processor(releases, tmp_path, releas
             np.testing.assert_allclose(np.asarray(row["ct"]), truth.reshape(SHAPE), atol=1)
 
 
+@pytest.mark.parametrize("release", ["fixed", "original"])
+def test_streamed_rows_equal_the_volume_processor(releases, release):
+    root = releases / release
+    processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE, target_spacing=SPACING)
+    table = D.ct_rate_table(root, "valid")
+    rows = list(D.stream_ct_rate(root, "valid", volume_processor=processor))
+    assert [r["VolumeName"] for r in rows] == list(table["VolumeName"])
+    for row, meta in zip(rows, table.to_dict(orient="records")):
+        served = load_ct(root / meta["path"]) if release == "fixed" else load_ct(
+            root / meta["path"], rescale=(meta["slope"], meta["intercept"]),
+            affine=ct_rate_affine(meta["xy_spacing"], meta["z_spacing"]))
+        np.testing.assert_array_equal(np.asarray(row["ct_values"]), processor.process_volume(served)[None].numpy())
+
+
 def test_both_releases_read_the_same_hu(releases):
     for split in ("train", "valid"):
         tables = {r: D.ct_rate_table(releases / r, split) for r in ("fixed", "original")}
         for a, b in zip(tables["fixed"].to_dict(orient="records"), tables["original"].to_dict(orient="records")):
             fixed = D.read_ct_rate_volume(str(releases / "fixed" / a["path"]), slope=a["slope"],
-                                          intercept=a["intercept"], xy_spacing=a["xy_spacing"], z_spacing=a["z_spacing"])
+                                          intercept=a["intercept"], xy_spacing=a["xy_spacing"],
+                                          z_spacing=a["z_spacing"])
             original = D.read_ct_rate_volume(str(releases / "original" / b["path"]), slope=b["slope"],
                                              intercept=b["intercept"], xy_spacing=b["xy_spacing"],
                                              z_spacing=b["z_spacing"])
@@ -209,7 +224,9 @@ def test_hf_paths_stream_and_preprocess_like_the_local_copy(hub, tmp_path):
                          cxr_size=CXR, progress=False)
     P.preprocess_ct_rate(local, tmp_path / "local", splits=("valid",), shape=SHAPE, spacing=SPACING,
                          cxr_size=CXR, progress=False)
-    for a, b in zip(D.load_preprocessed(tmp_path / "remote", "valid"), D.load_preprocessed(tmp_path / "local", "valid")):
+    remote_rows = D.load_preprocessed(tmp_path / "remote", "valid")
+    local_rows = D.load_preprocessed(tmp_path / "local", "valid")
+    for a, b in zip(remote_rows, local_rows):
         np.testing.assert_array_equal(np.asarray(a["ct"]), np.asarray(b["ct"]))
         assert a["report"] == b["report"]
 

@@ -12,22 +12,28 @@ Three views of one data set, none of which holds it in memory:
 - :func:`load_embedding_cache`: the frozen CT and report latents written by ``x2ctclip cache-embeddings``
   (:mod:`x2ctclip.train.embedding_cache`).
 
-CT-RATE layout (see ``CONTRACTS.md``)::
+CT-RATE layout (the release's real names, :data:`CT_RATE_TABLES`; recorded in
+``tests/fixtures/ct_rate_release_layout.json``)::
 
-    {root}/{split}/{split}_{patient}/{split}_{patient}_{scan}/{split}_{patient}_{scan}_{recon}.nii.gz
-    {root}/radiology_text_reports/{split}_reports.csv          VolumeName, Findings_EN, Impressions_EN, ...
-    {root}/multi_abnormality_labels/{split}_predicted_labels.csv  VolumeName + 18 labels (read by position)
-    {root}/metadata/{split}_metadata.csv                        VolumeName, RescaleSlope, RescaleIntercept,
-                                                                XYSpacing "[x, y]", ZSpacing, ...
+    {root}/{split}_fixed/{split}_{patient}/{split}_{patient}_{scan}/{stem}.nii.gz   corrected release (HU headers)
+    {root}/{split}/...                                                               first release (blank headers)
+    {root}/radiology_text_reports/train_reports.csv | validation_reports.csv   VolumeName, Findings_EN, Impressions_EN
+    {root}/multi_abnormality_labels/train_predicted_labels.csv | valid_predicted_labels.csv  VolumeName + 18 labels
+    {root}/metadata/train_metadata.csv | validation_metadata.csv   VolumeName, RescaleSlope, RescaleIntercept,
+                                                                  XYSpacing "[x, y]", ZSpacing, NumberofSlices, ...
+    {root}/metadata/no_chest_train.txt | no_chest_valid.txt        volumes that are not chest CTs (left out)
+
+``release="auto"`` reads ``{split}_fixed`` when present (:func:`resolve_release`).
 
 Tables are joined on the volume name without its ``.nii.gz`` suffix (the released CSVs spell it with the suffix).
 
-Header or metadata (early CT-RATE releases had blank NIfTI headers and values not in HU): a file whose header has an
-orientation (``qform_code`` or ``sform_code`` > 0) is read with its own affine (spacing, orientation) and its own
-``scl_slope`` / ``scl_inter`` (1 and 0 when unset); a file without one (an early-release file) is read in CT-RATE's
-orientation with the metadata spacing (``XYSpacing`` in-plane, ``ZSpacing`` between slices) and the metadata
-``RescaleSlope`` / ``RescaleIntercept`` (the header's scaling only where the metadata has none). A ``ZSpacing`` that is
-NaN falls back to the in-plane spacing, as the X2CT-CLIP preprocessing did. Every volume is then checked to be plausible HU (:func:`x2ctclip.processors.volume_io.check_hu`).
+Header or metadata, decided from each file by the project's one NIfTI decoder
+(:func:`x2ctclip.processors.volume_io.decode_nifti`): a header with an orientation (``qform_code`` or ``sform_code``
+> 0; the corrected release) gives the affine and ``scl_slope`` / ``scl_inter`` (values already HU: the metadata
+rescale is not applied again); a blank header (the first release) is read in CT-RATE's orientation with the metadata
+spacing (``XYSpacing`` in-plane, ``ZSpacing`` between slices) and ``RescaleSlope`` / ``RescaleIntercept``. A
+``ZSpacing`` that is NaN falls back to the in-plane spacing, as the X2CT-CLIP preprocessing did. Every volume is then
+checked to be plausible HU (:func:`x2ctclip.processors.volume_io.check_hu`) with air near -1000 HU (:func:`check_air`).
 
 "Experiment" batching (X2CT-CLIP's ``batch_style="experiment"``): a CT-RATE scan (``{split}_{patient}_{scan}``, an
 "experiment") has one or more reconstructions of the same acquisition; each epoch uses one random reconstruction per
@@ -145,7 +151,8 @@ def resolve_release(root, split: str, release: str = "auto", *, storage_options=
         return "fixed" if present["fixed"] or not present["original"] else "original"
     if not present[release]:
         other = "original" if release == "fixed" else "fixed"
-        found = f"; found {posixpath.join(base, volume_folder(split, other))}/ (--release {other})" if present[other] else ""
+        found = (f"; found {posixpath.join(base, volume_folder(split, other))}/ (--release {other})"
+                 if present[other] else "")
         raise FileNotFoundError(
             f"{posixpath.join(base, volume_folder(split, release))}/: no {release}-release volume folder{found}."
         )
@@ -160,7 +167,8 @@ def read_no_chest(fs, base: str, split: str) -> set[str]:
     with fs.open(posixpath.join(base, rel), "rb") as handle:
         text = handle.read().decode("utf-8", errors="replace")
     # Public loaders match an entry by its last path component, with or without .nii.gz.
-    return {volume_stem(line.strip().replace("\\", "/").rsplit("/", 1)[-1]) for line in text.splitlines() if line.strip()}
+    return {volume_stem(line.strip().replace("\\", "/").rsplit("/", 1)[-1])
+            for line in text.splitlines() if line.strip()}
 _NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<patient>[A-Za-z0-9]+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>[A-Za-z0-9]+)$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

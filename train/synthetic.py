@@ -16,7 +16,8 @@ Nobody can download CT-RATE here, so this module writes a stand-in that the same
 (the real release's names, :data:`x2ctclip.train.data.CT_RATE_TABLES`; a synthetic ``test`` split follows the train
 pattern). Corrected release (default): int16 HU values, slope 1 / intercept 0 in a full header, while the metadata
 keeps the scanner's RescaleIntercept (as CT-RATE's does: it must not be applied again). First release: int16
-*stored values* under a blank header, ``HU = stored * RescaleSlope + RescaleIntercept`` from the metadata. The voxel axes ``(i, j, k)`` of the NIfTI
+*stored values* under a blank header, ``HU = stored * RescaleSlope + RescaleIntercept`` from the metadata.
+The voxel axes ``(i, j, k)`` of the NIfTI
 data array point to the patient's Left, Posterior and Superior (nibabel axis codes ``("L", "P", "S")``, i.e. the
 DICOM LPS order of an axial series with slices stored feet to head); the affine maps voxels to RAS+ millimetres
 as NIfTI requires (``diag(-sx, -sy, sz)`` plus the origin). Slice ``data[:, :, k].T`` is an axial image in the
