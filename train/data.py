@@ -707,6 +707,10 @@ def stream_ct_rate(
     info: dict[str, Any] = {}
     table = ct_rate_table(root, split, storage_options=storage_options, release=release,
                           keep_non_chest=keep_non_chest, info=info)
+    import logging
+
+    logging.getLogger(__name__).info("%s %s: %s release (release=%r), %d no_chest volumes left out", root, split,
+                                     info["release"], release, info["non_chest_excluded"])
     # The resolved release is fixed here, so every worker reads the same folder.
     handle = _TableRef(root, split, storage_options, info["release"], keep_non_chest)
     handle.store(table)  # the whole split: this process (and forked workers) will not read the CSVs again
