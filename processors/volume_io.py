@@ -70,8 +70,12 @@ __all__ = [
     "CT_RATE_NIFTI_AXCODES",
     "DEFAULT_MAX_HU",
     "CTVolume",
+    "NIFTI_TRAILING_MARGIN",
+    "PLAUSIBLE_SPACING_MM",
     "check_hu",
+    "check_spacing_plausible",
     "ct_rate_affine",
+    "decode_nifti",
     "load_ct",
     "read_dicom_series",
     "read_nifti",
@@ -278,14 +282,49 @@ def _is_nifti_path(path: Path) -> bool:
     return any(name.endswith(s) for s in _NIFTI_SUFFIXES)
 
 
+#: Bytes a NIfTI stream may hold beyond ``vox_offset + nbytes`` (writers pad, a few append a small extension);
+#: more is refused (a small valid header followed by gigabytes of zeros would otherwise be decompressed whole).
+NIFTI_TRAILING_MARGIN: int = 64 * 1024
+#: Plausible CT voxel spacing in mm (``(min, max)``): header spacing outside it (or zero / NaN) is refused unless
+#: the caller passes ``spacing``. Clinical CT: 0.2-1 mm in-plane, 0.5-10 mm between slices; the upper bound leaves
+#: room for coarse downsampled volumes (the tiny synthetic sets: up to about 45 mm), not for 150 mm "voxels".
+PLAUSIBLE_SPACING_MM: tuple[float, float] = (0.05, 60.0)
+_CHUNK = 8 << 20  # decode 8 MiB at a time
+
+
+class _Prefixed(io.RawIOBase):
+    """A read-only stream that first returns ``prefix`` (bytes already read to sniff the format), then ``inner``."""
+
+    def __init__(self, prefix: bytes, inner):
+        self._prefix, self._inner = prefix, inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n], self._prefix = self._prefix[:n], self._prefix[n:]
+            return n
+        data = self._inner.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _read_exactly(fh, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``fh`` in chunks; return how many bytes arrived before the end of the stream."""
+    pos = 0
+    while pos < len(buffer):
+        n = fh.readinto(buffer[pos : pos + _CHUNK])
+        if not n:
+            break
+        pos += n
+    return pos
+
+
 def _open_stream(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
     return open(path, "rb")
-
-
-def _gunzip(data: bytes) -> bytes:
-    return _igzip.decompress(data) if _igzip is not None else gzip.decompress(data)
 
 
 def _parse_nifti_header(raw: bytes, source: str):
@@ -300,36 +339,90 @@ def _parse_nifti_header(raw: bytes, source: str):
         raise ValueError(f"{source}: not a valid NIfTI file ({type(exc).__name__}: {exc}).") from None
 
 
-def read_nifti(
-    path: str | os.PathLike,
+def _header_rescale(header, source: str) -> tuple[float, float]:
+    """``scl_slope`` / ``scl_inter`` checked: a slope of 0 or NaN with no intercept means "no scaling" (the NIfTI-1
+    rule for slope 0, and nibabel's NaN default), a NaN intercept is 0 (as nibabel reads it); an infinite slope or
+    intercept, or an intercept without a slope, is an error."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    unset_slope = slope == 0.0 or math.isnan(slope)
+    if math.isinf(slope) or math.isinf(inter):
+        raise ValueError(f"{source}: invalid NIfTI scale factors scl_slope={slope!r}, scl_inter={inter!r}.")
+    if unset_slope:
+        if not (inter == 0.0 or math.isnan(inter)):
+            raise ValueError(
+                f"{source}: invalid NIfTI scale factors: scl_inter={inter!r} with scl_slope={slope!r} (no slope)."
+            )
+        return 1.0, 0.0
+    return slope, 0.0 if math.isnan(inter) else inter
+
+
+def check_spacing_plausible(spacing: Sequence[float], source: str, what: str = "header") -> None:
+    """Raise ``ValueError`` unless every spacing (mm) is finite and inside :data:`PLAUSIBLE_SPACING_MM`."""
+    lo, hi = PLAUSIBLE_SPACING_MM
+    values = [float(v) for v in spacing]
+    if not all(math.isfinite(v) and lo <= v <= hi for v in values):
+        raise ValueError(
+            f"{source}: the {what} gives a voxel spacing of {tuple(round(v, 6) for v in values)} mm, outside the "
+            f"plausible CT range {lo:g}-{hi:g} mm (zero, NaN or absurd); pass spacing=(z, y, x) mm to override."
+        )
+
+
+def decode_nifti(
+    stream: Any,
+    source: str,
     *,
     affine: np.ndarray | None = None,
     spacing: Sequence[float] | None = None,
     rescale: tuple[float, float] | None = None,
+    blank_header_spacing: Sequence[float] | None = None,
+    blank_header_rescale: tuple[float, float] | None = None,
     max_voxels: int | None = None,
+    blank_header: str = "warn",
 ) -> CTVolume:
-    """Read a ``.nii`` / ``.nii.gz`` CT into the canonical orientation.
+    """Decode a NIfTI-1/2 file (``.nii`` or gzip-compressed ``.nii.gz``, detected from its first bytes) from
+    ``bytes`` or a binary stream (a file, an fsspec stream) into a canonical :class:`CTVolume`.
 
-    Args:
-        path: the file.
-        affine: replaces the header's affine (4 x 4, for the file's own ``(i, j, k)`` index order). A header with
-            neither qform nor sform (first CT-RATE release) is read as CT-RATE's orientation, with a warning.
-        spacing: replaces the voxel spacing, ``(z, y, x)`` mm in canonical order.
-        rescale: ``(slope, intercept)`` replacing the header's ``scl_slope`` / ``scl_inter``.
-        max_voxels: refuse (``ValueError``) larger volumes, checked on the header before the data is decoded.
+    The project's only NIfTI decoder (training, preprocessing and inference all read CTs through it). The stream is
+    decoded in chunks, only up to ``vox_offset + nbytes`` of the header plus :data:`NIFTI_TRAILING_MARGIN`: more
+    trailing data is an error, and nothing beyond that is ever decompressed.
+
+    Geometry and values:
+
+    - a header with an orientation (``qform_code`` or ``sform_code`` > 0) gives the affine and its ``scl_slope`` /
+      ``scl_inter`` (the corrected CT-RATE release: values already in HU);
+    - a blank header (both codes 0; the first CT-RATE release) is read in CT-RATE's orientation ``LPS`` with
+      ``blank_header_spacing`` ``(z, y, x)`` mm and ``blank_header_rescale`` ``(slope, intercept)`` when given (the
+      CT-RATE metadata), else with the header's pixdim and scaling: ``blank_header`` ``"warn"`` (a warning),
+      ``"quiet"``, or ``"error"`` (refused: the CT-RATE loaders, where the metadata must give the spacing);
+    - ``affine`` / ``spacing`` / ``rescale`` override everything (caller's word);
+    - the spacing must lie in :data:`PLAUSIBLE_SPACING_MM` unless ``spacing`` is given; invalid scale factors are
+      errors (:func:`_header_rescale`).
+
+    Raises:
+        ValueError: empty, truncated, corrupt or over-long stream; not NIfTI; not 3-D; over ``max_voxels``;
+            implausible spacing; invalid scale factors -- each message starts with ``source``.
     """
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: no such file.")
-    if path.stat().st_size == 0:
+    if isinstance(stream, (bytes, bytearray, memoryview)):
+        stream = io.BytesIO(bytes(stream))
+    try:
+        magic = stream.read(2)
+        raw = _Prefixed(magic, stream)
+        if magic == b"\x1f\x8b":
+            fh = _igzip.IGzipFile(fileobj=raw, mode="rb") if _igzip is not None else gzip.GzipFile(fileobj=raw)
+        else:
+            fh = raw
+        head_buffer = bytearray(_HEADER_BYTES)
+        got = _read_exactly(fh, memoryview(head_buffer))
+    except ValueError:
+        raise
+    except Exception as exc:  # truncated or corrupt gzip: EOFError, BadGzipFile, zlib / isal errors
+        raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None
+    if got == 0:
         raise ValueError(f"{source}: file is empty.")
-    try:  # header first: the memory budget is checked before anything large is decoded
-        with _open_stream(path) as fh:
-            head = fh.read(_HEADER_BYTES)
-    except Exception as exc:
-        raise ValueError(f"{source}: cannot read the NIfTI header ({type(exc).__name__}: {exc}).") from None
+    head = bytes(head_buffer[:got])
     header = _parse_nifti_header(head, source)
+    # nibabel's header check silently turns a zero pixdim into 1 mm; the unchecked copy keeps what the file says.
+    raw_zooms = [float(v) for v in type(header).from_fileobj(io.BytesIO(head), check=False)["pixdim"][1:4]]
     shape = _squeeze_to_3d(header.get_data_shape(), source)
     _check_budget(shape, max_voxels, source)
     dtype = header.get_data_dtype()
@@ -338,40 +431,68 @@ def read_nifti(
     offset = int(header.get_data_offset())
     count = int(np.prod(shape, dtype=np.int64))
     needed = offset + count * dtype.itemsize
+    header_slope, header_inter = _header_rescale(header, source)
+    oriented = int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0
 
+    buffer = bytearray(max(needed, got))
+    buffer[:got] = head
     try:
-        if path.name.lower().endswith(".gz"):
-            buffer = _gunzip(path.read_bytes())
-        else:
-            buffer = path.read_bytes()
-    except Exception as exc:  # truncated or corrupt gzip streams raise EOFError / BadGzipFile / zlib errors
+        have = got + _read_exactly(fh, memoryview(buffer)[got:needed]) if needed > got else got
+        extra = len(fh.read(NIFTI_TRAILING_MARGIN + 1)) if have >= needed else 0
+    except Exception as exc:
         raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None
-    if len(buffer) < needed:
+    if have < needed:
         raise ValueError(
             f"{source}: file is truncated: the header announces {count:,} voxels of {dtype} ({needed:,} bytes with "
-            f"the header) but the data holds {len(buffer):,} bytes."
+            f"the header) but the data holds {have:,} bytes."
+        )
+    extra += max(0, got - needed)
+    if extra > NIFTI_TRAILING_MARGIN:
+        raise ValueError(
+            f"{source}: more than {NIFTI_TRAILING_MARGIN:,} bytes of data after the {needed:,} bytes the header "
+            "announces (vox_offset + voxels); refusing a file that holds more than its header says."
         )
     data = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
     if not dtype.isnative:
         data = data.astype(dtype.newbyteorder("="))
 
-    slope, intercept = header.get_slope_inter()
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
+    slope, intercept = header_slope, header_inter
+    if not oriented and blank_header_rescale is not None and all(math.isfinite(v) for v in blank_header_rescale):
+        # A blank header is a first-release CT-RATE file: the metadata holds the scanner's rescale.
+        slope, intercept = (float(v) for v in blank_header_rescale)
     if rescale is not None:
         slope, intercept = (float(v) for v in rescale)
 
     if affine is None:
-        if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-            warnings.warn(
-                f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0); reading it in "
-                f"CT-RATE's orientation {''.join(CT_RATE_NIFTI_AXCODES)}. Pass affine= to override.",
-                stacklevel=2,
-            )
-            zooms = [float(z) for z in header.get_zooms()[:3]]
-            affine = _diagonal_affine(CT_RATE_NIFTI_AXCODES, [z if z > 0 else 1.0 for z in zooms])
-        else:
+        if oriented:
             affine = header.get_best_affine()
+            if spacing is None:
+                check_spacing_plausible(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), source)
+                if int(header["sform_code"]) == 0:  # the qform's voxel size is pixdim
+                    check_spacing_plausible(raw_zooms, source, "header's pixdim")
+        elif blank_header_spacing is not None and all(math.isfinite(float(v)) for v in blank_header_spacing):
+            sz, sy, sx = (float(v) for v in blank_header_spacing)
+            if spacing is None:
+                check_spacing_plausible((sz, sy, sx), source, "metadata")
+            affine = _diagonal_affine(CT_RATE_NIFTI_AXCODES, (sx, sy, sz))
+        else:
+            if blank_header == "error" and spacing is None:
+                raise ValueError(
+                    f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0, as in the first "
+                    "CT-RATE release) and no spacing was given for it (no XYSpacing / ZSpacing from the metadata)."
+                )
+            zooms = raw_zooms
+            if spacing is None:
+                check_spacing_plausible(zooms, source, "header's pixdim")
+            else:
+                zooms = [1.0, 1.0, 1.0]  # replaced below by the caller's spacing
+            if blank_header == "warn":
+                warnings.warn(
+                    f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0); reading it in "
+                    f"CT-RATE's orientation {''.join(CT_RATE_NIFTI_AXCODES)}. Pass affine= to override.",
+                    stacklevel=3,
+                )
+            affine = _diagonal_affine(CT_RATE_NIFTI_AXCODES, zooms)
     array, canon_affine = _to_canonical(data, affine, source)
     if array.dtype.kind == "f":
         array = _float_to_float32(array, slope, intercept)
@@ -386,6 +507,32 @@ def read_nifti(
         intercept=intercept,
         source=source,
     )
+
+
+def read_nifti(
+    path: str | os.PathLike,
+    *,
+    affine: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    max_voxels: int | None = None,
+) -> CTVolume:
+    """Read a ``.nii`` / ``.nii.gz`` CT into the canonical orientation (:func:`decode_nifti` on the file).
+
+    Args:
+        path: the file.
+        affine: replaces the header's affine (4 x 4, for the file's own ``(i, j, k)`` index order). A header with
+            neither qform nor sform (first CT-RATE release) is read as CT-RATE's orientation, with a warning.
+        spacing: replaces the voxel spacing, ``(z, y, x)`` mm in canonical order.
+        rescale: ``(slope, intercept)`` replacing the header's ``scl_slope`` / ``scl_inter``.
+        max_voxels: refuse (``ValueError``) larger volumes, checked on the header before the data is decoded.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such file.")
+    with _open_stream(path) as fh:
+        return decode_nifti(fh, source, affine=affine, spacing=spacing, rescale=rescale, max_voxels=max_voxels)
 
 
 def _float_to_float32(array: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -413,12 +560,31 @@ def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
     return found
 
 
+def _dicom_number(ds, path: Path, keyword: str, default: float) -> float:
+    """A finite number from a DICOM attribute (``default`` when absent or empty), else an error naming the file."""
+    try:
+        value = ds.get(keyword, None)
+        value = getattr(value, "value", value)
+    except Exception as exc:  # pydicom may raise when converting a malformed DS value
+        raise ValueError(f"{path}: {keyword} cannot be read ({type(exc).__name__}: {exc}).") from None
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {keyword} is {str(value)!r}, not a number.") from None
+    if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0.0):
+        raise ValueError(f"{path}: {keyword} is {number!r}, not a valid rescale value.")
+    return number
+
+
 def read_dicom_series(
     folder: str | os.PathLike,
     *,
     spacing: Sequence[float] | None = None,
     rescale: tuple[float, float] | None = None,
     max_voxels: int | None = None,
+    slice_gaps: str = "error",
 ) -> CTVolume:
     """Read one axial DICOM CT series (a folder of single-frame slices) into the canonical orientation.
 
@@ -426,13 +592,21 @@ def read_dicom_series(
     the slice spacing is the median distance between consecutive positions. RescaleSlope/RescaleIntercept are
     applied (kept as slope/intercept when all slices agree; otherwise converted to float32 HU per slice).
 
+    Missing slices (a distance between consecutive positions more than 10 % away from the median) are an error
+    unless ``slice_gaps="median"``: the documented gap rule that stacks the slices at the median spacing anyway
+    (the z extent is then short by the missing slices; a warning says so).
+
     Args:
         folder: folder holding the series' files (non-DICOM files are ignored; several series are an error).
         spacing: replaces the voxel spacing, ``(z, y, x)`` mm in canonical order.
         rescale: ``(slope, intercept)`` replacing RescaleSlope/RescaleIntercept.
         max_voxels: refuse (``ValueError``) larger series, checked on headers before pixel data is read.
+        slice_gaps: ``"error"`` (default) or ``"median"`` (see above).
     """
     import pydicom
+
+    if slice_gaps not in ("error", "median"):
+        raise ValueError(f"slice_gaps must be 'error' or 'median', got {slice_gaps!r}.")
 
     folder = Path(folder)
     source = str(folder)
@@ -465,6 +639,13 @@ def read_dicom_series(
     if np.any(gaps < 1e-3):
         raise ValueError(f"{source}: several slices share one position; the folder mixes acquisitions or is a 2-D set.")
     dz = float(np.median(gaps))
+    if np.ptp(gaps) > 0.1 * dz and slice_gaps == "error":
+        worst = int(np.argmax(np.abs(gaps - dz)))
+        raise ValueError(
+            f"{source}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm (median {dz:.3g} mm; "
+            f"{gaps[worst]:.3g} mm after {slices[worst][0].name}): missing slices? Pass slice_gaps='median' to stack "
+            "them at the median spacing anyway."
+        )
     if np.ptp(gaps) > 0.1 * dz:
         warnings.warn(
             f"{source}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm (missing slices?); "
@@ -477,8 +658,8 @@ def read_dicom_series(
     _check_budget(shape, max_voxels, source)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
 
-    slopes = [float(getattr(ds, "RescaleSlope", 1.0) or 1.0) for _, ds in slices]
-    intercepts = [float(getattr(ds, "RescaleIntercept", 0.0) or 0.0) for _, ds in slices]
+    slopes = [_dicom_number(ds, path, "RescaleSlope", 1.0) for path, ds in slices]
+    intercepts = [_dicom_number(ds, path, "RescaleIntercept", 0.0) for path, ds in slices]
     uniform = len(set(slopes)) == 1 and len(set(intercepts)) == 1 and rescale is None
     data = None
     for index, (path, _) in enumerate(slices):

@@ -146,7 +146,8 @@ def test_table_errors_name_the_file(layout, tmp_path):
     pd.read_csv(reports).drop(columns=["Findings_EN"]).to_csv(reports, index=False)
     with pytest.raises(ValueError, match="train_reports.csv.*Findings_EN"):
         D.ct_rate_table(copy, "train")
-    with pytest.raises(FileNotFoundError, match="valid_reports.csv"):
+    # The release's validation table name (not "valid_reports.csv"), and what the folder holds instead.
+    with pytest.raises(FileNotFoundError, match="validation_reports.csv.*found instead: train_reports.csv"):
         D.ct_rate_table(copy, "valid")
 
 

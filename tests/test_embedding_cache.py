@@ -161,3 +161,21 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(cache, model_dir, prep
     _assert_same(D.load_embedding_cache(out, "train"), D.load_embedding_cache(reference, "train"))
     names = [str(n) for n in D.load_embedding_cache(out, "train")["VolumeName"]]
     assert len(names) == len(set(names)) == 6
+
+
+@pytest.mark.parametrize("device, message", [("bogus", "'bogus' is not a torch device"),
+                                             ("cuda:0", "CUDA is not available")])
+def test_bad_device_is_one_line(model_dir, preprocessed, tmp_path, capsys, device, message):
+    import torch
+
+    from x2ctclip.train.cli import main
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "c"
+    code = main(["cache-embeddings", "--model", str(model_dir), "--data", str(preprocessed), "--out", str(out),
+                 "--device", device, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("x2ctclip cache-embeddings: error: device ") and message in err
+    assert not out.exists()

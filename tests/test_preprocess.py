@@ -84,7 +84,8 @@ def test_contract_columns_and_values(ct_rate, preprocessed):
     assert config["shape"] == list(SHAPE) and config["spacing"] == list(SPACING)
     assert config["cxr_mode"] == "mean" and config["cxr_size"] == CXR
     assert config["volume_processor"]["target_shape"] == list(SHAPE) and config["source_root"] == str(ct_rate)
-    assert config["splits"]["train"] == {"num_rows": 6, "num_shards": 3} and "datasets" in config["versions"]
+    assert config["splits"]["train"] == {"num_rows": 6, "num_shards": 3, "release": "fixed", "non_chest_excluded": 0}
+    assert config["release"] == "auto" and config["keep_non_chest"] is False and "datasets" in config["versions"]
 
 
 def test_load_helpers(preprocessed):
@@ -149,7 +150,7 @@ def test_other_parameters_are_refused(ct_rate, preprocessed, tmp_path):
 def test_bad_volume_is_named(ct_rate, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(ct_rate, root)
-    victim = sorted((root / "valid").rglob("*.nii.gz"))[1]
+    victim = sorted((root / "valid_fixed").rglob("*.nii.gz"))[1]
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(ValueError, match=f"{victim.name}: corrupt or truncated"):
         P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, progress=False)
@@ -181,5 +182,5 @@ def test_command_line(ct_rate, preprocessed, tmp_path, capsys):
     assert "valid: 4 rows" in capsys.readouterr().out
     _same(D.load_preprocessed(out, "valid"), D.load_preprocessed(preprocessed, "valid"))
     assert cli_main(["preprocess", str(tmp_path / "missing"), str(tmp_path / "cli2"), "--split", "valid", "--no-progress"]) == 2
-    assert "valid_reports.csv" in capsys.readouterr().err
+    assert "radiology_text_reports/validation_reports.csv" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "cli2")  # inputs are checked before anything is written

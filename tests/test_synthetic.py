@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
+from x2ctclip.train.data import table_path
 from x2ctclip.train import synthetic as S
 from x2ctclip.train.synthetic_findings import load_label_stats, sample_labels
 
@@ -43,24 +44,24 @@ def test_layout_and_csv_columns(dataset):
     root, result = dataset
     assert result == {"volumes": 24, "skipped": 0, "rows": {"train": 15, "valid": 6, "test": 3}}
     for split, n_rows in result["rows"].items():
-        header, rows = _read_csv(root / "radiology_text_reports" / f"{split}_reports.csv")
+        header, rows = _read_csv(root / table_path("reports", split))
         assert header == ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"]
         assert len(rows) == n_rows
         names = [r[0] for r in rows]
-        header_l, rows_l = _read_csv(root / "multi_abnormality_labels" / f"{split}_predicted_labels.csv")
+        header_l, rows_l = _read_csv(root / table_path("labels", split))
         assert header_l == ["VolumeName", *CT_RATE_FINDINGS]
         assert [r[0] for r in rows_l] == names
         assert all(v in ("0", "1") for r in rows_l for v in r[1:])
-        header_m, rows_m = _read_csv(root / "metadata" / f"{split}_metadata.csv")
+        header_m, rows_m = _read_csv(root / table_path("metadata", split))
         assert header_m[:1] == ["VolumeName"] and [r[0] for r in rows_m] == names
         for col in ("RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing", "Rows", "Columns",
-                    "NumberOfSlices", "PatientSex", "PatientAge", "Manufacturer"):
+                    "NumberofSlices", "PatientSex", "PatientAge", "Manufacturer"):
             assert col in header_m
         for name in names:
             assert re.fullmatch(rf"{split}_\d+_[a-z]_[1-3]\.nii\.gz", name), name  # as in the CT-RATE tables
             name = name.removesuffix(".nii.gz")
             _, patient, scan, _ = name.split("_")
-            path = root / split / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
+            path = root / f"{split}_fixed" / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
             assert path.is_file()
         # Every report field is text; the literal "Not given." is allowed as in CT-RATE.
         assert all(all(field.strip() for field in r[1:]) for r in rows)
@@ -74,15 +75,17 @@ def test_nifti_headers_match_metadata(dataset):
     for row in rows:
         name = row[0].removesuffix(".nii.gz")
         _, patient, scan, recon = name.split("_")
-        img = nib.load(root / "train" / f"train_{patient}" / f"train_{patient}_{scan}" / f"{name}.nii.gz")
+        img = nib.load(root / "train_fixed" / f"train_{patient}" / f"train_{patient}_{scan}" / f"{name}.nii.gz")
         assert img.get_data_dtype() == np.int16
         assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
-        assert img.dataobj.slope == float(row[col["RescaleSlope"]])
-        assert img.dataobj.inter == float(row[col["RescaleIntercept"]])
+        # Corrected release: HU in the file (slope 1, intercept 0); the metadata keeps the scanner's DICOM rescale.
+        assert img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0
+        assert float(row[col["RescaleSlope"]]) == 1.0
+        assert float(row[col["RescaleIntercept"]]) in (-1024.0, -8192.0)
         xy = [float(v) for v in row[col["XYSpacing"]].strip("[]").split(",")]
         assert re.fullmatch(r"\[[0-9.]+, [0-9.]+\]", row[col["XYSpacing"]])
         np.testing.assert_allclose(img.header.get_zooms(), (*xy, float(row[col["ZSpacing"]])), rtol=1e-5)
-        assert img.shape == (int(row[col["Columns"]]), int(row[col["Rows"]]), int(row[col["NumberOfSlices"]]))
+        assert img.shape == (int(row[col["Columns"]]), int(row[col["Rows"]]), int(row[col["NumberofSlices"]]))
         assert img.header["qform_code"] == 1 and img.header["sform_code"] == 1
         # Thick-slice reconstructions: half the slices at twice the spacing.
         if recon == "3":
@@ -97,7 +100,7 @@ def test_volumes_equal_the_in_memory_study(dataset):
     root, _ = dataset
     study = S.make_study(11, TINY, n_recons=3, split="train", patient=1, scan=0)
     for r, vol in enumerate(study.volumes):
-        img = nib.load(root / "train" / "train_1" / "train_1_a" / f"train_1_a_{r + 1}.nii.gz")
+        img = nib.load(root / "train_fixed" / "train_1" / "train_1_a" / f"train_1_a_{r + 1}.nii.gz")
         hu = img.get_fdata().T  # (x, y, z) -> (z, y, x)
         np.testing.assert_array_equal(hu, vol)
     assert study.report["Findings_EN"]
@@ -113,8 +116,8 @@ def test_deterministic_bytes_and_resumes_missing_files(dataset, tmp_path):
     reference = _digest(root)
     assert _digest(again) == reference  # byte-identical CSVs and volumes, also with 2 worker processes
     # An interrupted run: a volume and a CSV missing. Rerunning renders only what is missing.
-    (again / "train" / "train_2" / "train_2_a" / "train_2_a_2.nii.gz").unlink()
-    (again / "metadata" / "valid_metadata.csv").unlink()
+    (again / "train_fixed" / "train_2" / "train_2_a" / "train_2_a_2.nii.gz").unlink()
+    (again / "metadata" / "validation_metadata.csv").unlink()
     result = S.generate_synthetic_ct_rate(again, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
                                           progress=False)
     assert result["volumes"] == 1 and result["skipped"] == 23
@@ -200,7 +203,7 @@ def test_cli_writes_with_a_progress_bar(tmp_path, capsys):
     assert code == 0
     assert "synthetic CT studies" in captured.err and "100%" in captured.err  # tqdm writes to stderr
     assert "wrote 3 volumes" in captured.out
-    assert (out / "valid" / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz").is_file()
+    assert (out / "valid_fixed" / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz").is_file()
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
@@ -214,3 +217,45 @@ def test_cli_bad_arguments(tmp_path, capsys):
     code = main(["make-synthetic", str(a_file), "--n-train", "1", "--n-valid", "0", "--shape", *map(str, TINY)])
     assert code == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_original_release_writes_blank_headers_and_stored_values(tmp_path):
+    fixed, original = tmp_path / "fixed", tmp_path / "original"
+    S.generate_synthetic_ct_rate(fixed, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False)
+    S.generate_synthetic_ct_rate(original, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False,
+                                 release="original")
+    header, rows = _read_csv(original / "metadata" / "train_metadata.csv")
+    col = {name: i for i, name in enumerate(header)}
+    for row in rows:
+        name = row[0].removesuffix(".nii.gz")
+        _, patient, scan, _ = name.split("_")
+        rel = Path(f"train_{patient}") / f"train_{patient}_{scan}" / f"{name}.nii.gz"
+        blank, full = nib.load(original / "train" / rel), nib.load(fixed / "train_fixed" / rel)
+        assert blank.header["qform_code"] == 0 and blank.header["sform_code"] == 0
+        assert blank.dataobj.slope == 1.0 and blank.dataobj.inter == 0.0  # scl_slope 0: unset
+        stored = np.asarray(blank.dataobj.get_unscaled())
+        hu = stored * float(row[col["RescaleSlope"]]) + float(row[col["RescaleIntercept"]])
+        np.testing.assert_array_equal(hu, np.asarray(full.dataobj))
+    assert not (original / "train_fixed").exists()
+
+
+@pytest.mark.parametrize("change", [{"seed": 6}, {"shape": (16, 48, 48)}, {"release": "original"}])
+def test_rerun_with_other_parameters_is_refused(tmp_path, change):
+    out = tmp_path / "out"
+    S.generate_synthetic_ct_rate(out, n_train=1, n_valid=0, shape=TINY, seed=5, progress=False)
+    before = _digest(out)
+    key = next(iter(change))
+    with pytest.raises(ValueError, match=rf"train split was written with other parameters \({key} "):
+        S.generate_synthetic_ct_rate(out, n_train=1, n_valid=0, **{"shape": TINY, "seed": 5, **change},
+                                     progress=False)
+    assert _digest(out) == before
+
+
+def test_cli_refuses_a_file_as_parent(tmp_path, capsys):
+    from x2ctclip.train.cli import main
+
+    (tmp_path / "FILE").write_text("x")
+    code = main(["make-synthetic", str(tmp_path / "FILE" / "sub"), "--n-train", "1", "--n-valid", "0"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("FILE: exists and is not a directory")

@@ -381,10 +381,14 @@ def test_bad_file_inputs_raise_value_error_naming_the_file(bad_inputs, case, ct_
 
 
 def test_budget_is_checked_before_decoding(ct_rate_file, monkeypatch):
-    def fail(_):
-        raise AssertionError("decoded before the budget check")
+    read = volume_io._read_exactly
 
-    monkeypatch.setattr(volume_io, "_gunzip", fail)
+    def header_only(fh, buffer):  # the decoder may read the header, nothing more
+        if len(buffer) > volume_io._HEADER_BYTES:
+            raise AssertionError("decoded before the budget check")
+        return read(fh, buffer)
+
+    monkeypatch.setattr(volume_io, "_read_exactly", header_only)
     with pytest.raises(ValueError, match="memory budget"):
         small_processor(max_voxels=1000)(ct_rate_file, affine=ct_rate_affine(0.8, 2.0))
 

@@ -34,6 +34,12 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--cxr-size", type=int, default=256, help="side of the stored CXR in pixels (default: %(default)s)")
         parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, in this process)")
         parser.add_argument("--shard-size", type=int, default=None, help="rows per Arrow shard (default: ~500 MB shards)")
+        parser.add_argument("--release", default="auto", choices=("auto", "fixed", "original"),
+                            help="CT-RATE release: fixed = corrected {split}_fixed/ folders (HU, full headers), "
+                                 "original = first release (blank headers, metadata rescale), auto = fixed when "
+                                 "present (default: %(default)s)")
+        parser.add_argument("--keep-non-chest", action="store_true",
+                            help="keep the volumes listed in metadata/no_chest_{train,valid}.txt (left out by default)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "cache-embeddings":
         parser.add_argument("--model", required=True, type=Path, help="X2CT-CLIP model folder (CT and report towers)")
@@ -66,6 +72,8 @@ def run(args) -> int:
             workers=args.workers,
             shard_size=args.shard_size,
             progress=progress,
+            release=args.release,
+            keep_non_chest=args.keep_non_chest,
         )
     else:
         from x2ctclip.train.embedding_cache import cache_embeddings

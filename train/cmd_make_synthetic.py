@@ -3,7 +3,8 @@
 ``x2ctclip make-synthetic OUT_DIR --n-train N --n-valid M [--n-test K] [--shape D H W] [--seed S] [--recons R]
 [--workers W]`` renders N + M + K synthetic chest CT scans (R reconstructions each) with CT-RATE-like labels and
 reports (:mod:`x2ctclip.train.synthetic`). Deterministic for a seed; rerunning the same command after an interruption
-renders only the missing volumes and rewrites the CSVs.
+renders only the missing volumes and rewrites the CSVs;
+a rerun into the folder with another seed, shape, recons or release is refused (``synthetic_config.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
                         help="reconstructions per scan: 1 soft kernel, 2 + sharp kernel, 3 + 5 mm thick slices "
                              "(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes (default: %(default)s)")
+    parser.add_argument("--release", default="fixed", choices=("fixed", "original"),
+                        help="CT-RATE release layout: fixed = corrected {split}_fixed/ folders with HU values, "
+                             "original = first release (blank headers, metadata rescale) (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,6 +48,7 @@ def run(args) -> int:
         recons=args.recons,
         workers=args.workers,
         progress=not args.no_progress,
+        release=args.release,
     )
     rows = ", ".join(f"{split}: {n}" for split, n in result["rows"].items())
     print(f"{args.out_dir}: wrote {result['volumes']} volumes ({result['skipped']} already present) in "

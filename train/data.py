@@ -12,22 +12,28 @@ Three views of one data set, none of which holds it in memory:
 - :func:`load_embedding_cache`: the frozen CT and report latents written by ``x2ctclip cache-embeddings``
   (:mod:`x2ctclip.train.embedding_cache`).
 
-CT-RATE layout (see ``CONTRACTS.md``)::
+CT-RATE layout (the release's real names, :data:`CT_RATE_TABLES`; recorded in
+``tests/fixtures/ct_rate_release_layout.json``)::
 
-    {root}/{split}/{split}_{patient}/{split}_{patient}_{scan}/{split}_{patient}_{scan}_{recon}.nii.gz
-    {root}/radiology_text_reports/{split}_reports.csv          VolumeName, Findings_EN, Impressions_EN, ...
-    {root}/multi_abnormality_labels/{split}_predicted_labels.csv  VolumeName + 18 labels (read by position)
-    {root}/metadata/{split}_metadata.csv                        VolumeName, RescaleSlope, RescaleIntercept,
-                                                                XYSpacing "[x, y]", ZSpacing, ...
+    {root}/{split}_fixed/{split}_{patient}/{split}_{patient}_{scan}/{stem}.nii.gz   corrected release (HU headers)
+    {root}/{split}/...                                                               first release (blank headers)
+    {root}/radiology_text_reports/train_reports.csv | validation_reports.csv   VolumeName, Findings_EN, Impressions_EN
+    {root}/multi_abnormality_labels/train_predicted_labels.csv | valid_predicted_labels.csv  VolumeName + 18 labels
+    {root}/metadata/train_metadata.csv | validation_metadata.csv   VolumeName, RescaleSlope, RescaleIntercept,
+                                                                  XYSpacing "[x, y]", ZSpacing, NumberofSlices, ...
+    {root}/metadata/no_chest_train.txt | no_chest_valid.txt        volumes that are not chest CTs (left out)
+
+``release="auto"`` reads ``{split}_fixed`` when present (:func:`resolve_release`).
 
 Tables are joined on the volume name without its ``.nii.gz`` suffix (the released CSVs spell it with the suffix).
 
-Header or metadata (early CT-RATE releases had blank NIfTI headers and values not in HU): a file whose header has an
-orientation (``qform_code`` or ``sform_code`` > 0) is read with its own affine (spacing, orientation) and its own
-``scl_slope`` / ``scl_inter`` (1 and 0 when unset); a file without one (an early-release file) is read in CT-RATE's
-orientation with the metadata spacing (``XYSpacing`` in-plane, ``ZSpacing`` between slices) and the metadata
-``RescaleSlope`` / ``RescaleIntercept`` (the header's scaling only where the metadata has none). A ``ZSpacing`` that is
-NaN falls back to the in-plane spacing, as the X2CT-CLIP preprocessing did. Every volume is then checked to be plausible HU (:func:`x2ctclip.processors.volume_io.check_hu`).
+Header or metadata, decided from each file by the project's one NIfTI decoder
+(:func:`x2ctclip.processors.volume_io.decode_nifti`): a header with an orientation (``qform_code`` or ``sform_code``
+> 0; the corrected release) gives the affine and ``scl_slope`` / ``scl_inter`` (values already HU: the metadata
+rescale is not applied again); a blank header (the first release) is read in CT-RATE's orientation with the metadata
+spacing (``XYSpacing`` in-plane, ``ZSpacing`` between slices) and ``RescaleSlope`` / ``RescaleIntercept``. A
+``ZSpacing`` that is NaN falls back to the in-plane spacing, as the X2CT-CLIP preprocessing did. Every volume is then
+checked to be plausible HU (:func:`x2ctclip.processors.volume_io.check_hu`) with air near -1000 HU (:func:`check_air`).
 
 "Experiment" batching (X2CT-CLIP's ``batch_style="experiment"``): a CT-RATE scan (``{split}_{patient}_{scan}``, an
 "experiment") has one or more reconstructions of the same acquisition; each epoch uses one random reconstruction per
@@ -38,9 +44,7 @@ contrastive loss). :func:`one_recon_per_scan` and :class:`UniqueScanBatchSampler
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -64,6 +68,7 @@ __all__ = [
     "CTRateName",
     "ShardedSplitWriter",
     "UniqueScanBatchSampler",
+    "check_air",
     "ct_rate_table",
     "ct_values_from_ct",
     "embedding_cache_features",
@@ -79,6 +84,13 @@ __all__ = [
     "select_one_recon_per_scan",
     "stream_ct_rate",
     "volume_stem",
+    "CT_RATE_TABLES",
+    "CT_RATE_NO_CHEST",
+    "CT_RATE_RELEASES",
+    "read_no_chest",
+    "resolve_release",
+    "table_path",
+    "volume_folder",
 ]
 
 #: Split names of CT-RATE (``test`` exists only in synthetic sets).
@@ -90,9 +102,73 @@ PREPROCESS_CONFIG = "preprocess_config.json"
 #: File name of the parameters of an embedding cache (``CACHE/cache_config.json``).
 EMBEDDING_CACHE_CONFIG = "cache_config.json"
 
-_REPORTS = "radiology_text_reports/{split}_reports.csv"
-_LABELS = "multi_abnormality_labels/{split}_predicted_labels.csv"
-_METADATA = "metadata/{split}_metadata.csv"
+#: The table file of each kind and split in the CT-RATE release (dataset card of ``ibrahimhamamci/CT-RATE`` and
+#: CT-CLIP's scripts; recorded in ``tests/fixtures/ct_rate_release_layout.json``). The release spells the validation
+#: split "validation" in the reports and metadata names but "valid" in the labels name and the volume folders.
+CT_RATE_TABLES: dict[str, dict[str, str]] = {
+    "reports": {"train": "radiology_text_reports/train_reports.csv",
+                "valid": "radiology_text_reports/validation_reports.csv"},
+    "labels": {"train": "multi_abnormality_labels/train_predicted_labels.csv",
+               "valid": "multi_abnormality_labels/valid_predicted_labels.csv"},
+    "metadata": {"train": "metadata/train_metadata.csv", "valid": "metadata/validation_metadata.csv"},
+}
+#: Lists of the volumes that are not chest CTs (one entry a line, matched by the last path component).
+CT_RATE_NO_CHEST = {"train": "metadata/no_chest_train.txt", "valid": "metadata/no_chest_valid.txt"}
+#: ``release`` choices: ``fixed`` = the corrected release in ``{split}_fixed/`` (HU values, full headers),
+#: ``original`` = the first release in ``{split}/`` (blank headers, metadata rescale), ``auto`` = fixed when present.
+CT_RATE_RELEASES = ("auto", "fixed", "original")
+# Splits outside the release (the synthetic "test") follow the train pattern.
+_FALLBACK = {"reports": "radiology_text_reports/{split}_reports.csv",
+             "labels": "multi_abnormality_labels/{split}_predicted_labels.csv",
+             "metadata": "metadata/{split}_metadata.csv"}
+
+
+def table_path(kind: str, split: str) -> str:
+    """Path below the CT-RATE root of the ``kind`` table (reports, labels, metadata) of ``split``."""
+    return CT_RATE_TABLES[kind].get(split) or _FALLBACK[kind].format(split=split)
+
+
+def volume_folder(split: str, release: str) -> str:
+    """Top folder of a split's volumes: ``{split}_fixed`` (corrected release) or ``{split}`` (first release)."""
+    if release not in ("fixed", "original"):
+        raise ValueError(f"release must be 'fixed' or 'original' here, got {release!r}.")
+    return f"{split}_fixed" if release == "fixed" else split
+
+
+def resolve_release(root, split: str, release: str = "auto", *, storage_options=None, fs=None, base=None) -> str:
+    """The release a split is read from: ``release`` itself, or for ``"auto"`` ``"fixed"`` when ``{split}_fixed/``
+    exists below the root and ``"original"`` otherwise.
+
+    Raises:
+        ValueError: an unknown choice, or the chosen folder is absent (naming it and the one present).
+    """
+    if release not in CT_RATE_RELEASES:
+        raise ValueError(f"release must be one of {', '.join(CT_RATE_RELEASES)}, got {release!r}.")
+    if fs is None:
+        fs, base = resolve_data_root(root, storage_options)
+    present = {r: fs.isdir(posixpath.join(base, volume_folder(split, r))) for r in ("fixed", "original")}
+    if release == "auto":
+        return "fixed" if present["fixed"] or not present["original"] else "original"
+    if not present[release]:
+        other = "original" if release == "fixed" else "fixed"
+        found = (f"; found {posixpath.join(base, volume_folder(split, other))}/ (--release {other})"
+                 if present[other] else "")
+        raise FileNotFoundError(
+            f"{posixpath.join(base, volume_folder(split, release))}/: no {release}-release volume folder{found}."
+        )
+    return release
+
+
+def read_no_chest(fs, base: str, split: str) -> set[str]:
+    """Stems listed in the split's ``no_chest`` list (empty when the release has none for the split)."""
+    rel = CT_RATE_NO_CHEST.get(split)
+    if rel is None or not fs.exists(posixpath.join(base, rel)):
+        return set()
+    with fs.open(posixpath.join(base, rel), "rb") as handle:
+        text = handle.read().decode("utf-8", errors="replace")
+    # Public loaders match an entry by its last path component, with or without .nii.gz.
+    return {volume_stem(line.strip().replace("\\", "/").rsplit("/", 1)[-1])
+            for line in text.splitlines() if line.strip()}
 _NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<patient>[A-Za-z0-9]+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>[A-Za-z0-9]+)$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -194,7 +270,13 @@ def _read_csv(fs, path: str, what: str, required: bool = True):
 
     if not fs.exists(path):
         if required:
-            raise FileNotFoundError(f"{path}: the CT-RATE {what} table is missing.")
+            folder = posixpath.dirname(path)
+            try:
+                found = sorted(posixpath.basename(p) for p in fs.ls(folder, detail=False) if p.endswith(".csv"))
+            except (FileNotFoundError, OSError):
+                found = []
+            instead = f"found instead: {', '.join(found)}" if found else f"{folder}/ holds no CSV"
+            raise FileNotFoundError(f"{path}: the CT-RATE {what} table is missing ({instead}).")
         return None
     with fs.open(path, "rb") as handle:
         try:
@@ -229,6 +311,9 @@ def ct_rate_table(
     *,
     storage_options: Mapping[str, Any] | None = None,
     require_metadata: bool = False,
+    release: str = "auto",
+    keep_non_chest: bool = False,
+    info: dict | None = None,
 ):
     """Reports, labels and metadata of one split joined by volume name: a ``pandas.DataFrame``, one row per volume.
 
@@ -237,6 +322,10 @@ def ct_rate_table(
     canonical order, read by position), ``slope``, ``intercept``, ``xy_spacing``, ``z_spacing`` (mm; NaN where the
     metadata table is absent; a NaN ``ZSpacing`` is replaced by the in-plane spacing, as X2CT-CLIP did). Sorted by
     volume name. Volumes missing from the reports or the labels table are left out with a warning.
+
+    ``release`` (``auto``/``fixed``/``original``, :func:`resolve_release`) chooses the volume folder of ``path``
+    (``{split}_fixed/`` or ``{split}/``); the volumes of the split's ``no_chest`` list are left out unless
+    ``keep_non_chest``. When ``info`` is a dict it receives ``release`` and ``non_chest_excluded`` (a count).
 
     Raises:
         FileNotFoundError: a required table is missing.
@@ -247,8 +336,11 @@ def ct_rate_table(
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}.")
     fs, base = resolve_data_root(root, storage_options)
-    paths = {key: posixpath.join(base, pattern.format(split=split)) for key, pattern in
-             (("reports", _REPORTS), ("labels", _LABELS), ("metadata", _METADATA))}
+    chosen = resolve_release(root, split, release, fs=fs, base=base)
+    folder = volume_folder(split, chosen)
+    paths = {key: posixpath.join(base, table_path(key, split)) for key in ("reports", "labels", "metadata")}
+    # The first release's volumes need the metadata (blank headers: spacing and rescale come from it).
+    require_metadata = require_metadata or chosen == "original"
     reports = _keyed(_read_csv(fs, paths["reports"], "reports"), paths["reports"])
     labels = _keyed(_read_csv(fs, paths["labels"], "labels"), paths["labels"])
     metadata = _read_csv(fs, paths["metadata"], "metadata", required=require_metadata)
@@ -283,6 +375,19 @@ def ct_rate_table(
                 f"(e.g. {dropped[0]!r}).",
                 stacklevel=2,
             )
+    excluded = 0
+    if not keep_non_chest:
+        no_chest = read_no_chest(fs, base, split)
+        excluded = int(keys.isin(list(no_chest)).sum())
+        keys = keys[~keys.isin(list(no_chest))]
+        if excluded:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: %d %s volumes are in %s (not chest CTs) and are left out (--keep-non-chest keeps them).",
+                root, excluded, split, CT_RATE_NO_CHEST[split])
+    if info is not None:
+        info.update(release=chosen, non_chest_excluded=excluded)
     rows = []
     for stem in sorted(keys):
         parsed = parse_volume_name(stem)
@@ -303,7 +408,7 @@ def ct_rate_table(
             {
                 "VolumeName": str(report_row["VolumeName"]),
                 "scan_id": parsed.scan_id,
-                "path": parsed.relpath,
+                "path": f"{folder}/{parsed.relpath.split('/', 1)[1]}",
                 "report": clean_report(report_row["Findings_EN"], report_row["Impressions_EN"]),
                 "labels": label_of[stem],
                 "slope": slope,
@@ -319,28 +424,6 @@ def ct_rate_table(
 
 
 # --------------------------------------------------------------------------------------------------- reading a CT
-def _gunzip(data: bytes) -> bytes:
-    try:  # igzip (python-isal) decodes several times faster than zlib
-        from isal import igzip
-
-        return igzip.decompress(data)
-    except ImportError:  # pragma: no cover - isal is a dependency
-        return gzip.decompress(data)
-
-
-def _nifti_header(raw: bytes, source: str):
-    import nibabel as nib
-
-    if len(raw) < 348:
-        raise ValueError(f"{source}: file is empty or truncated ({len(raw)} bytes; a NIfTI header needs 348).")
-    sizes = (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
-    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
-    try:
-        return klass.from_fileobj(io.BytesIO(raw[:544]))
-    except Exception as error:  # nibabel raises HeaderDataError, struct.error, ...
-        raise ValueError(f"{source}: not a NIfTI file ({type(error).__name__}: {error}).") from None
-
-
 def read_ct_rate_volume(
     path: str,
     *,
@@ -371,69 +454,57 @@ def read_ct_rate_volume(
         FileNotFoundError: no such file.
         ValueError: corrupt/truncated file, a header without orientation and no metadata spacing, values not in HU.
     """
-    from x2ctclip.processors.volume_io import check_hu, ct_rate_affine, volume_from_array
+    from x2ctclip.processors.volume_io import check_hu, decode_nifti
 
     if fs is None:
         import fsspec
 
         fs = fsspec.filesystem("file")
     source = path if _is_local(fs) else fs.unstrip_protocol(path)
+    blank_spacing = None if math.isnan(xy_spacing) or math.isnan(z_spacing) else (z_spacing, xy_spacing, xy_spacing)
+    blank_rescale = None if math.isnan(slope) or math.isnan(intercept) else (slope, intercept)
     try:
-        with fs.open(path, "rb") as handle:
-            raw = handle.read()
+        handle = fs.open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: no such CT file (listed in the CT-RATE tables).") from None
-    if not raw:
-        raise ValueError(f"{source}: file is empty.")
-    if path.endswith(".gz"):
-        try:
-            raw = _gunzip(raw)
-        except Exception as error:  # truncated gzip: EOFError, zlib.error, isal's IsalError ...
-            raise ValueError(f"{source}: corrupt or truncated gzip stream ({type(error).__name__}: {error}).") from None
-    header = _nifti_header(raw, source)
-    shape = tuple(int(n) for n in header.get_data_shape())
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3 or min(shape) < 2:
-        raise ValueError(f"{source}: expected a 3-D CT volume, got an image of shape {shape}.")
-    count = math.prod(shape)
-    if max_voxels is not None and count > max_voxels:
-        raise ValueError(f"{source}: {shape} = {count:,} voxels is more than max_voxels={max_voxels:,}.")
-    dtype = header.get_data_dtype()
-    if dtype.kind not in "iuf":
-        raise ValueError(f"{source}: unsupported NIfTI data type {dtype} for a CT volume.")
-    offset = int(header.get_data_offset())
-    if len(raw) < offset + count * dtype.itemsize:
-        raise ValueError(
-            f"{source}: file is truncated: {count:,} voxels of {dtype} need {offset + count * dtype.itemsize:,} bytes, "
-            f"the file holds {len(raw):,}."
-        )
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
-    if not dtype.isnative:
-        data = data.astype(dtype.newbyteorder("="))
-
-    header_slope, header_inter = header.get_slope_inter()
-    oriented = int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0
-    if oriented:
-        affine = header.get_best_affine()
-    else:
-        if math.isnan(xy_spacing) or math.isnan(z_spacing):
-            raise ValueError(
-                f"{source}: the NIfTI header has no orientation (qform_code = sform_code = 0, as in early CT-RATE "
-                "releases) and the metadata table gives no XYSpacing/ZSpacing for it."
-            )
-        affine = ct_rate_affine(xy_spacing, z_spacing)
-    header_rescale = (float(header_slope), float(header_inter or 0.0)) if header_slope is not None else (1.0, 0.0)
-    if not oriented and not (math.isnan(slope) or math.isnan(intercept)):
-        # A header without orientation is an early-release file: its scl_slope/scl_inter (when set at all) are
-        # writer defaults, the metadata table holds the scanner's RescaleSlope/RescaleIntercept.
-        rescale = (float(slope), float(intercept))
-    else:
-        rescale = header_rescale
-    volume = volume_from_array(data, affine=affine, rescale=rescale, source=source)
+    with handle:
+        # The project's one NIfTI decoder; the metadata fills in only for a blank (first-release) header.
+        volume = decode_nifti(handle, source, blank_header_spacing=blank_spacing, blank_header_rescale=blank_rescale,
+                              max_voxels=max_voxels, blank_header="error")
     if validate:
         check_hu(volume)
+        check_air(volume)
     return volume
+
+
+#: HU band of air (lungs and outside the body) in a chest CT; CT-RATE volumes hold much of it. A volume with
+#: almost nothing there was rescaled twice (the corrected release's HU with the metadata intercept applied again:
+#: air at about -2000 HU) or not at all (air at about 0 or +1000 stored values).
+AIR_BAND_HU: tuple[float, float] = (-1150.0, -850.0)
+#: Least fraction of the voxels (sampled) that must lie in :data:`AIR_BAND_HU`.
+MIN_AIR_FRACTION: float = 0.01
+
+
+def check_air(volume) -> float:
+    """Raise ``ValueError`` (naming the file and the numbers) unless at least :data:`MIN_AIR_FRACTION` of the
+    voxels lie in :data:`AIR_BAND_HU`; return that fraction. Samples every 4th voxel along each axis."""
+    sample = volume.array[::4, ::4, ::4].astype(np.float32) * np.float32(volume.slope) + np.float32(volume.intercept)
+    lo, hi = AIR_BAND_HU
+    fraction = float(((sample >= lo) & (sample <= hi)).mean()) if sample.size else 0.0
+    if fraction < MIN_AIR_FRACTION:
+        dark = sample[sample < -500]
+        if dark.size:
+            counts, edges = np.histogram(dark, bins=np.arange(float(dark.min()), -499.0, 50.0) if dark.min() < -550
+                                         else 1)
+            peak = f"the most common value below -500 HU is about {edges[int(np.argmax(counts))]:.0f} HU"
+        else:
+            peak = f"nothing is below -500 HU (darkest {float(sample.min()):.0f} HU)"
+        raise ValueError(
+            f"{volume.source}: not plausible HU after rescale (slope={volume.slope:g}, intercept={volume.intercept:g}):"
+            f" {100 * fraction:.2f}% of the voxels are air ({lo:g} to {hi:g} HU), {peak}; a chest CT has air near "
+            "-1000 HU (metadata rescale applied to an already-HU file, or the wrong release?)."
+        )
+    return fraction
 
 
 # -------------------------------------------------------------------------------------------------------- streaming
@@ -450,13 +521,16 @@ class _TableRef:
     inherit the parent's copy; spawned ones read the CSVs once.
     """
 
-    def __init__(self, root, split: str, storage_options: Mapping[str, Any] | None):
+    def __init__(self, root, split: str, storage_options: Mapping[str, Any] | None, release: str = "auto",
+                 keep_non_chest: bool = False):
         self.root, self.split = os.fspath(root), split
         self.storage_options = dict(storage_options or {})
+        self.release, self.keep_non_chest = release, bool(keep_non_chest)
 
     @property
     def key(self) -> tuple:
-        return (self.root, self.split, json.dumps(self.storage_options, sort_keys=True, default=str))
+        return (self.root, self.split, json.dumps(self.storage_options, sort_keys=True, default=str), self.release,
+                self.keep_non_chest)
 
     def store(self, table) -> dict[str, dict[str, Any]]:
         records = {}
@@ -471,7 +545,8 @@ class _TableRef:
     def records(self) -> dict[str, dict[str, Any]]:
         cached = _TABLES.get(self.key)
         if cached is None:
-            cached = self.store(ct_rate_table(self.root, self.split, storage_options=self.storage_options))
+            cached = self.store(ct_rate_table(self.root, self.split, storage_options=self.storage_options,
+                                              release=self.release, keep_non_chest=self.keep_non_chest))
         return cached
 
 
@@ -580,6 +655,8 @@ def stream_ct_rate(
     storage_options: Mapping[str, Any] | None = None,
     decode: bool = True,
     validate_hu: bool = True,
+    release: str = "auto",
+    keep_non_chest: bool = False,
 ):
     """Stream one split of a CT-RATE layout as a ``datasets.IterableDataset``, reading one file at a time.
 
@@ -612,6 +689,8 @@ def stream_ct_rate(
         storage_options: fsspec options (e.g. ``{"token": ...}`` for a gated Hub repository).
         decode: ``False`` leaves out the decoding step (the examples then hold the tables' fields and ``path``).
         validate_hu: check each volume is plausible HU.
+        release: ``"auto"`` (the corrected ``{split}_fixed/`` folder when present), ``"fixed"`` or ``"original"``.
+        keep_non_chest: keep the volumes of the release's ``no_chest`` lists (left out by default).
 
     Returns:
         A ``datasets.IterableDataset`` with ``VolumeName``, ``scan_id``, ``report``, ``labels`` (int8[18]) and the
@@ -625,8 +704,15 @@ def stream_ct_rate(
         raise ValueError("image_processor needs cxr_mode (the CXR is simulated from each CT).")
     if shuffle_buffer_size is not None and int(shuffle_buffer_size) < 1:
         raise ValueError(f"shuffle_buffer_size must be a positive int or None, got {shuffle_buffer_size!r}.")
-    table = ct_rate_table(root, split, storage_options=storage_options)
-    handle = _TableRef(root, split, storage_options)
+    info: dict[str, Any] = {}
+    table = ct_rate_table(root, split, storage_options=storage_options, release=release,
+                          keep_non_chest=keep_non_chest, info=info)
+    import logging
+
+    logging.getLogger(__name__).info("%s %s: %s release (release=%r), %d no_chest volumes left out", root, split,
+                                     info["release"], release, info["non_chest_excluded"])
+    # The resolved release is fixed here, so every worker reads the same folder.
+    handle = _TableRef(root, split, storage_options, info["release"], keep_non_chest)
     handle.store(table)  # the whole split: this process (and forked workers) will not read the CSVs again
     if volume_names is not None:
         wanted = {volume_stem(n) for n in volume_names}

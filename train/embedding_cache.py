@@ -64,6 +64,21 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _parse_device(device):
+    """``None`` -> CUDA when available, else CPU; a name torch does not know, or an absent CUDA -> ``ValueError``."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps).") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine.")
+    return parsed
+
+
 def _load_model(model_dir: Path, device):
     from x2ctclip import X2CTCLIPModel
 
@@ -172,6 +187,7 @@ def cache_embeddings(
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    device = _parse_device(device)
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     data_config = read_folder_config(data_dir, PREPROCESS_CONFIG)
     if splits is None:
@@ -179,7 +195,6 @@ def cache_embeddings(
         if not splits:
             raise FileNotFoundError(f"{data_dir}: no finished preprocessed split.")
     splits = list(dict.fromkeys(splits))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = _load_model(model_dir, device)
     _check_ct_shape(model, data_config["shape"], data_dir)
     report_tokenizer, tokenizer_source = _load_tokenizer(model_dir, tokenizer)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 from collections import deque
@@ -186,6 +187,32 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _check_volumes_present(data_root, storage_options, tables) -> None:
+    """Every volume the tables list must exist (one recursive listing per split folder), before anything is written:
+    a partial download fails here naming a missing file, not after hours of preprocessing."""
+    import posixpath
+
+    fs, base = resolve_data_root(data_root, storage_options)
+    for split, table in tables.items():
+        folders = sorted({p.split("/", 1)[0] for p in table["path"]})
+        present = set()
+        for folder in folders:
+            root = posixpath.join(base, folder)
+            # Matched on what follows "/{folder}/", so that a listing spelling the root differently (a revision
+            # resolved or not, a leading slash) still matches.
+            marker = f"/{folder}/"
+            for found in fs.find(root):
+                found = "/" + str(found).lstrip("/")
+                if marker in found:
+                    present.add(folder + "/" + found.rsplit(marker, 1)[1])
+        missing = [p for p in table["path"] if p not in present]
+        if missing:
+            raise FileNotFoundError(
+                f"{posixpath.join(base, missing[0])}: no such CT file, listed in the {split} tables "
+                f"({len(missing)} of {len(table)} listed volumes are missing; download them or drop the split)."
+            )
+
+
 def preprocess_ct_rate(
     data_root: str | os.PathLike,
     out: str | os.PathLike,
@@ -199,6 +226,8 @@ def preprocess_ct_rate(
     shard_size: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    release: str = "auto",
+    keep_non_chest: bool = False,
 ) -> dict[str, Any]:
     """Preprocess CT-RATE splits into ``OUT/{split}/`` (see the module docstring).
 
@@ -214,6 +243,9 @@ def preprocess_ct_rate(
         shard_size: rows per Arrow shard (default: about 500 MB per shard).
         storage_options: fsspec options for ``data_root`` (e.g. a Hub token).
         progress: show a tqdm bar (default: tqdm's own choice).
+        release: ``"auto"`` (the corrected ``{split}_fixed/`` release when present), ``"fixed"`` or ``"original"``;
+            the choice per split is logged and recorded in ``preprocess_config.json`` (``release``).
+        keep_non_chest: keep the volumes of the release's ``no_chest`` lists (left out, with a count, by default).
 
     Returns:
         ``{split: datasets.Dataset}``, memory-mapped.
@@ -260,10 +292,18 @@ def preprocess_ct_rate(
         "source_root": os.fspath(data_root),
     }
     # Every table is read and checked before anything is written.
-    tables = {split: ct_rate_table(data_root, split, storage_options=storage_options) for split in splits}
+    infos: dict[str, dict[str, Any]] = {split: {} for split in splits}
+    tables = {split: ct_rate_table(data_root, split, storage_options=storage_options, release=release,
+                                   keep_non_chest=keep_non_chest, info=infos[split]) for split in splits}
+    params["release"] = release
+    params["keep_non_chest"] = bool(keep_non_chest)
+    for split in splits:
+        logging.getLogger(__name__).info("%s %s: %s release (--release %s)", data_root, split,
+                                         infos[split]["release"], release)
     for split, table in tables.items():
         if table.empty:
             raise ValueError(f"{data_root}: the {split} split has no volume with both a report and labels.")
+    _check_volumes_present(data_root, storage_options, tables)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / PREPROCESS_CONFIG
@@ -295,7 +335,8 @@ def preprocess_ct_rate(
             names = list(table["VolumeName"])
             writer = ShardedSplitWriter(
                 out / split, features, plan_shards(names, shard_size), split=split,
-                fingerprint=config_fingerprint({**params, "split": split}),
+                fingerprint=config_fingerprint(
+                    {**params, "split": split, "resolved_release": infos[split]["release"]}),
             )
             records = table.to_dict(orient="records")
             pending = writer.pending()
@@ -310,7 +351,9 @@ def preprocess_ct_rate(
                     shard_rows = itertools.islice(rows, len(writer.plan[index]))
                     writer.write_shard(index, _counted(shard_rows, bar), writer_batch_size=flush_rows)
             results[split] = writer.finalize(description=f"CT-RATE {split} preprocessed by x2ctclip")
-            record["splits"][split] = {"num_rows": results[split].num_rows, "num_shards": writer.num_shards}
+            # The release actually read (fixed / original) and the count of no_chest volumes left out.
+            record["splits"][split] = {"num_rows": results[split].num_rows, "num_shards": writer.num_shards,
+                                       **infos[split]}
             _atomic_write_text(config_path, json.dumps(record, indent=2))
     finally:
         if executor is not None:

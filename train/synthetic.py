@@ -3,17 +3,21 @@
 Nobody can download CT-RATE here, so this module writes a stand-in that the same loader reads::
 
     OUT_DIR/
-      train/train_1/train_1_a/train_1_a_1.nii.gz          # {split}_{patient}_{scan}_{reconstruction}
-      valid/valid_1/valid_1_a/valid_1_a_1.nii.gz
-      radiology_text_reports/{split}_reports.csv           # VolumeName (e.g. "train_1_a_1.nii.gz"),
+      train_fixed/train_1/train_1_a/train_1_a_1.nii.gz    # {split}_{patient}_{scan}_{reconstruction}
+      valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz    # (release="original": train/..., valid/...)
+      radiology_text_reports/train_reports.csv, validation_reports.csv   # VolumeName ("train_1_a_1.nii.gz"),
                                                            # ClinicalInformation_EN, Technique_EN,
                                                            # Findings_EN, Impressions_EN
-      multi_abnormality_labels/{split}_predicted_labels.csv  # VolumeName + the 18 labels, canonical order
-      metadata/{split}_metadata.csv                        # VolumeName, RescaleSlope, RescaleIntercept,
-                                                           # XYSpacing "[x, y]", ZSpacing, Rows, Columns, ...
+      multi_abnormality_labels/train_predicted_labels.csv, valid_predicted_labels.csv  # VolumeName + 18 labels
+      metadata/train_metadata.csv, validation_metadata.csv  # VolumeName, RescaleSlope, RescaleIntercept,
+                                                           # XYSpacing "[x, y]", ZSpacing, NumberofSlices, ...
+      synthetic_config.json                                # the parameters of each split written
 
-Volumes are int16 *stored values* with ``scl_slope``/``scl_inter`` in the NIfTI header (and RescaleSlope /
-RescaleIntercept in the metadata): ``HU = stored * slope + intercept``. The voxel axes ``(i, j, k)`` of the NIfTI
+(the real release's names, :data:`x2ctclip.train.data.CT_RATE_TABLES`; a synthetic ``test`` split follows the train
+pattern). Corrected release (default): int16 HU values, slope 1 / intercept 0 in a full header, while the metadata
+keeps the scanner's RescaleIntercept (as CT-RATE's does: it must not be applied again). First release: int16
+*stored values* under a blank header, ``HU = stored * RescaleSlope + RescaleIntercept`` from the metadata.
+The voxel axes ``(i, j, k)`` of the NIfTI
 data array point to the patient's Left, Posterior and Superior (nibabel axis codes ``("L", "P", "S")``, i.e. the
 DICOM LPS order of an axial series with slices stored feet to head); the affine maps voxels to RAS+ millimetres
 as NIfTI requires (``diag(-sx, -sy, sz)`` plus the origin). Slice ``data[:, :, k].T`` is an axial image in the
@@ -42,6 +46,7 @@ from x2ctclip import CT_RATE_FINDINGS
 
 from . import synthetic_anatomy as anatomy
 from . import synthetic_findings as findings
+from .data import table_path
 from .synthetic_reports import make_report
 
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
@@ -49,10 +54,12 @@ LABEL_COLUMNS = ("VolumeName", *CT_RATE_FINDINGS)
 METADATA_COLUMNS = (
     "VolumeName", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "ConvolutionKernel",
     "PatientSex", "PatientAge", "PatientPosition", "KVP", "XRayTubeCurrent", "SliceThickness",
-    "Rows", "Columns", "NumberOfSlices", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "Rows", "Columns", "NumberofSlices", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "RescaleType",
     "ImagePositionPatient", "ImageOrientationPatient", "PixelPaddingValue", "StudyDate",
 )
 SPLITS = ("train", "valid", "test")
+#: Parameters of every split written to a folder (``OUT_DIR/synthetic_config.json``).
+SYNTHETIC_CONFIG = "synthetic_config.json"
 DEFAULT_SHAPE = (96, 128, 128)
 
 # Reconstructions of one scan, cycled when more are asked: a soft-tissue kernel, a sharp (lung) kernel with more
@@ -268,7 +275,7 @@ def _metadata_row(p: dict, spec: dict, shape, spacing, intercept: float, padding
         "SliceThickness": max(thick, round(sz, 6)) if spec["kind"] == "thick" else thick,
         "Rows": shape[1],
         "Columns": shape[2],
-        "NumberOfSlices": shape[0],
+        "NumberofSlices": shape[0],  # spelled so in the CT-RATE metadata
         "XYSpacing": f"[{_fmt(sx)}, {_fmt(sy)}]",
         "ZSpacing": _fmt(sz),
         "RescaleSlope": 1.0,
@@ -302,11 +309,14 @@ def synthesize_study(rng, shape=DEFAULT_SHAPE, spacing=None, labels=None):
 
 
 # ------------------------------------------------------------------------------------------------- writing
-def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept: float) -> bytes:
+def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept: float, *,
+                blank_header: bool = False) -> bytes:
     """A NIfTI-1 file (uncompressed bytes) for ``stored`` int16 values shaped ``(D, H, W)`` ``[z, y, x]``.
 
     The header carries ``scl_slope``/``scl_inter``, qform = sform (code 1, scanner) and mm units. Written by hand
     rather than with ``nibabel.save`` because nibabel rescales in-memory arrays on save and resets the slope.
+    ``blank_header=True`` writes a first-release CT-RATE header instead: no orientation (qform = sform code 0),
+    unit pixdim and no scaling (``scl_slope`` 0): spacing and rescale then live only in the metadata table.
     """
     import nibabel as nib
 
@@ -327,6 +337,12 @@ def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept
     hdr["scl_inter"] = intercept
     hdr["vox_offset"] = 352
     hdr["descrip"] = b"x2ctclip synthetic chest CT"
+    if blank_header:
+        hdr.set_qform(None, code=0)
+        hdr.set_sform(None, code=0)
+        hdr["qform_code"] = hdr["sform_code"] = 0
+        hdr["pixdim"][1:4] = 1.0
+        hdr["scl_slope"], hdr["scl_inter"] = 0.0, 0.0
     # NIfTI stores i fastest (Fortran order of (x, y, z)): exactly the C-order bytes of the (z, y, x) array.
     return hdr.binaryblock + b"\x00\x00\x00\x00" + np.ascontiguousarray(stored).tobytes()
 
@@ -346,13 +362,19 @@ def write_atomic(path: Path, payload: bytes) -> None:
 
 
 def write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, intercept: float, slope: float = 1.0,
-                 compresslevel: int = 1) -> None:
-    """Write an int16 HU volume ``(D, H, W)`` as ``.nii.gz`` stored values, atomically; deterministic bytes
-    (gzip header without time stamp or name)."""
+                 compresslevel: int = 1, release: str = "fixed") -> None:
+    """Write an int16 HU volume ``(D, H, W)`` as ``.nii.gz``, atomically; deterministic bytes (gzip header without
+    time stamp or name). ``release="fixed"`` (CT-RATE's corrected release): the values are HU (slope 1, intercept
+    0) with a full header; ``"original"`` (first release): stored values ``(HU - intercept) / slope`` under a blank
+    header, the rescale only in the metadata."""
     from isal import igzip
 
+    if release == "fixed":
+        slope, intercept = 1.0, 0.0
+    elif release != "original":
+        raise ValueError(f"release must be 'fixed' or 'original', got {release!r}")
     stored = np.rint((hu.astype(np.float32) - intercept) / slope).astype(np.int16)
-    raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept)
+    raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept, blank_header=release == "original")
     write_atomic(path, igzip.compress(raw, compresslevel, mtime=0))
 
 
@@ -361,9 +383,11 @@ def volume_name(split: str, patient: int, scan: int, recon: int) -> str:
     return f"{split}_{patient}_{chr(ord('a') + scan)}_{recon}"
 
 
-def volume_path(out_dir: Path, name: str) -> Path:
+def volume_path(out_dir: Path, name: str, release: str = "fixed") -> Path:
+    """``{split}_fixed/...`` (corrected release, default) or ``{split}/...`` (first release) below ``out_dir``."""
     split, patient, scan, _ = name.split("_")
-    return Path(out_dir) / split / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
+    top = f"{split}_fixed" if release == "fixed" else split
+    return Path(out_dir) / top / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / f"{name}.nii.gz"
 
 
 def _split_scans(seed: int, split: str, n_scans: int) -> list[tuple[int, int]]:
@@ -381,16 +405,16 @@ def _split_scans(seed: int, split: str, n_scans: int) -> list[tuple[int, int]]:
 
 def _study_task(args) -> list[dict]:
     """Worker: render/write one scan's reconstructions that are missing; return its CSV rows."""
-    out_dir, seed, split, patient, scan, shape, n_recons, spacing = args
+    out_dir, seed, split, patient, scan, shape, n_recons, spacing, release = args
     names = [volume_name(split, patient, scan, r + 1) for r in range(n_recons)]
-    paths = [volume_path(out_dir, n) for n in names]
+    paths = [volume_path(out_dir, n, release) for n in names]
     p = plan_study(seed, split, patient, scan, shape, spacing=spacing)
     intercept = p["scanner"][2]
     if not all(path.exists() for path in paths):
         study = make_study(seed, shape, n_recons=n_recons, split=split, patient=patient, scan=scan, planned=p)
         for path, vol, sp in zip(paths, study.volumes, study.spacings):
             if not path.exists():
-                write_volume(path, vol, sp, study.origin_lps, intercept)
+                write_volume(path, vol, sp, study.origin_lps, intercept, release=release)
         metas = study.metadata
     else:
         metas = []
@@ -420,8 +444,15 @@ def _csv_bytes(columns, rows) -> bytes:
 
 def generate_synthetic_ct_rate(out_dir, n_train: int = 100, n_valid: int = 20, n_test: int = 0,
                                shape=DEFAULT_SHAPE, seed: int = 0, recons: int = 1, workers: int = 1,
-                               spacing=None, progress: bool = True) -> dict:
+                               spacing=None, progress: bool = True, release: str = "fixed") -> dict:
     """Write a synthetic data set in the CT-RATE layout under ``out_dir``.
+
+    ``release="fixed"`` (default) writes CT-RATE's corrected release (``{split}_fixed/`` folders, HU values with
+    full headers); ``"original"`` the first release (``{split}/``, blank headers, stored values that need the
+    metadata's RescaleSlope/RescaleIntercept). Table names are the release's (``validation_reports.csv``,
+    ``valid_predicted_labels.csv``, ``validation_metadata.csv`` ...). The parameters of every split written are
+    recorded in ``out_dir/synthetic_config.json``; writing a split again with other parameters is refused (its
+    volumes would no longer match the tables).
 
     Args:
         n_train, n_valid, n_test: scans per split (each with ``recons`` reconstructions); a split with 0 scans is
@@ -445,15 +476,38 @@ def generate_synthetic_ct_rate(out_dir, n_train: int = 100, n_valid: int = 20, n
         raise ValueError(f"recons must be between 1 and 9, got {recons}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if release not in ("fixed", "original"):
+        raise ValueError(f"release must be 'fixed' or 'original', got {release!r}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a directory")
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{parent}: exists and is not a directory")
+            break
+    config_path = out_dir / SYNTHETIC_CONFIG
+    record = {"splits": {}}
+    if config_path.is_file():
+        import json
+
+        try:
+            record = json.loads(config_path.read_text())
+            record["splits"]  # noqa: B018 - the key must exist
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{config_path}: not a synthetic data set record; use a new folder") from None
+    params = {"seed": int(seed), "shape": list(shape), "recons": int(recons),
+              "spacing": None if spacing is None else list(spacing), "release": release}
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        old = record["splits"].get(split)
+        if n and old is not None and old != params:
+            differ = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+            raise ValueError(f"{out_dir}: its {split} split was written with other parameters ({differ}); "
+                             "use a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = []
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
         for patient, scan in _split_scans(seed, split, int(n)):
-            tasks.append((out_dir, int(seed), split, patient, scan, shape, int(recons), spacing))
-    existing = sum(volume_path(out_dir, volume_name(t[2], t[3], t[4], r + 1)).exists()
+            tasks.append((out_dir, int(seed), split, patient, scan, shape, int(recons), spacing, release))
+    existing = sum(volume_path(out_dir, volume_name(t[2], t[3], t[4], r + 1), release).exists()
                    for t in tasks for r in range(recons))
     results = []
     bar = tqdm(total=len(tasks), desc="synthetic CT studies", unit="study", disable=not progress)
@@ -479,11 +533,15 @@ def generate_synthetic_ct_rate(out_dir, n_train: int = 100, n_valid: int = 20, n
         if not rows:
             continue
         counts[split] = len(rows)
-        write_atomic(out_dir / "radiology_text_reports" / f"{split}_reports.csv", _csv_bytes(
+        write_atomic(out_dir / table_path("reports", split), _csv_bytes(
             REPORT_COLUMNS, [[r["name"]] + [r["report"][c] for c in REPORT_COLUMNS[1:]] for r in rows]))
-        write_atomic(out_dir / "multi_abnormality_labels" / f"{split}_predicted_labels.csv", _csv_bytes(
+        write_atomic(out_dir / table_path("labels", split), _csv_bytes(
             LABEL_COLUMNS, [[r["name"], *r["labels"]] for r in rows]))
-        write_atomic(out_dir / "metadata" / f"{split}_metadata.csv", _csv_bytes(
+        write_atomic(out_dir / table_path("metadata", split), _csv_bytes(
             METADATA_COLUMNS, [[r["name"]] + [r["meta"][c] for c in METADATA_COLUMNS[1:]] for r in rows]))
+        record["splits"][split] = params
+        import json
+
+        write_atomic(config_path, json.dumps(record, indent=2).encode())
     total = len(tasks) * recons
     return {"volumes": total - existing, "skipped": existing, "rows": counts}
