@@ -434,10 +434,16 @@ def decode_nifti(
     header_slope, header_inter = _header_rescale(header, source)
     oriented = int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0
 
-    buffer = bytearray(max(needed, got))
-    buffer[:got] = head
+    # The buffer grows with the data that actually arrives (chunk by chunk), never to the size the header promises
+    # up front: a truncated or lying header costs no more memory than the bytes the file holds.
+    buffer = bytearray(head)
     try:
-        have = got + _read_exactly(fh, memoryview(buffer)[got:needed]) if needed > got else got
+        while len(buffer) < needed:
+            chunk = fh.read(min(_CHUNK, needed - len(buffer)))
+            if not chunk:
+                break
+            buffer += chunk
+        have = len(buffer)
         extra = len(fh.read(NIFTI_TRAILING_MARGIN + 1)) if have >= needed else 0
     except Exception as exc:
         raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None

@@ -2,8 +2,7 @@
 exactly one ``x2ctclip CMD...: error:`` line on stderr, and no traceback (issue 15).
 
 The cases run in-process through ``cli.main`` (an exception escaping it is a test failure: it would be a traceback);
-a few run as a subprocess to see what a user sees. Cases whose fix belongs to another helper's branch are marked
-``xfail(strict=False)`` with the owner; they pass once the branches are merged.
+a few run as a subprocess to see what a user sees.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from scripts.eval_fixtures import make_model, make_preprocessed
 
 from x2ctclip.train import cli
 
-CTRATE = pytest.mark.xfail(strict=False, reason="owned by ctrate (readers / data commands); fixed on merge")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +128,7 @@ CASES = [
     pytest.param("make-synthetic", ["{root}/out_syn3", "--n-train", "1", "--n-valid", "1", "--workers", "0"],
                  "workers", id="synthetic-workers-0"),
     pytest.param("make-synthetic", ["{ctrate}", "--n-train", "2", "--n-valid", "1", "--shape", "16", "32", "32",
-                                    "--seed", "5"], "seed", id="synthetic-rerun-other-seed", marks=CTRATE),
+                                    "--seed", "5"], "seed", id="synthetic-rerun-other-seed"),
     # train ctclip|x2ct
     pytest.param("train", ["ctclip", "--config", "{missing}"], "missing", id="train-config-missing"),
     pytest.param("train", ["ctclip", "--config", "{not_yaml.yaml}"], "not_yaml.yaml", id="train-config-not-yaml"),

@@ -3,7 +3,6 @@ more than the file holds, and NIfTI header fields read through the public ``load
 
 Each example must end in a result or in a ``ValueError`` that names the file, and the memory traced while handling
 it (``tracemalloc``: numpy, PIL and Python allocations) must stay under a bound derived from the documented budgets.
-The NIfTI cases that fail before the reader fixes of helper "ctrate" are merged are marked xfail (non-strict).
 """
 
 from __future__ import annotations
@@ -135,7 +134,6 @@ def _check_outcome(outcome, name: str):
     return outcome
 
 
-@pytest.mark.xfail(strict=False, reason="owned by ctrate (reader checks: zero / NaN / absurd pixdim, scl_*); fixed "
                                         "on merge")  # fmt: skip
 @FAST
 @given(pixdim=st.tuples(_FLOATS, _FLOATS, _FLOATS), slope=_FLOATS, inter=st.sampled_from([0.0, -1024.0, math.nan,
@@ -176,7 +174,6 @@ def test_nifti_dims_larger_than_the_data_are_refused_with_bounded_memory(tmp_pat
     assert peak < 32 * MB, f"{peak / MB:.1f} MB for dims {dims}"
 
 
-@pytest.mark.xfail(strict=False, reason="owned by ctrate (gzip stream read up to vox_offset + nbytes); fixed on merge")
 def test_nifti_gzip_with_trailing_zeros_is_refused_without_decompressing_them(tmp_path):
     """A valid small .nii.gz followed by 256 MB of zeros in the same gzip stream (about 250 KB on disk)."""
     import gzip
