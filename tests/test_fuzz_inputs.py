@@ -134,7 +134,6 @@ def _check_outcome(outcome, name: str):
     return outcome
 
 
-                                        "on merge")  # fmt: skip
 @FAST
 @given(pixdim=st.tuples(_FLOATS, _FLOATS, _FLOATS), slope=_FLOATS, inter=st.sampled_from([0.0, -1024.0, math.nan,
        math.inf]), qs_code=st.sampled_from([0, 1]))  # fmt: skip
