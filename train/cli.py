@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("x2ctclip.train.cmd_train", "train a stage: ctclip (CT + report towers) or x2ct (CXR tower, X2CT-CLIP)"),
     "quickstart": ("x2ctclip.train.cmd_quickstart", "synthetic data -> CT-CLIP -> X2CT-CLIP -> evaluation, in one command"),
     "evaluate": ("x2ctclip.train.cmd_evaluate", "evaluate a model: zeroshot | retrieval | calibrate | all"),
+    "demo-assets": ("x2ctclip.train.cmd_demo_assets", "write the Space demo's calibration, gallery and input-check reference"),
     "fewshot": ("x2ctclip.train.cmd_fewshot", "linear probe / LoRA on stratified fractions of the training labels"),
 }
 

@@ -481,6 +481,10 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(runs / "x2ct" / "model", tmp)
+    from .demo_assets import write_demo_assets  # the Space demo's calibration, gallery and input-check reference
+
+    write_demo_assets(tmp, pre, cache, progress=progress, distribution="frontal chest radiographs simulated (mean "
+                      "projection) from synthetic chest CT phantoms (x2ctclip make-synthetic)")  # valid split only
     card = tmp / "README.md"
     card.write_text(card.read_text() + "\n## Quickstart: held-out synthetic test split\n\n" + _results_markdown(metrics)
                     .split("\n", 2)[2].split("\nTimings")[0] + "\n")
