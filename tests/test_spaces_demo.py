@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import socket
 import sys
@@ -765,3 +766,47 @@ def test_hostile_uploads_are_refused_from_headers_and_memory_returns_to_idle(eng
         app.release_memory()
     assert _rss_mb() - idle < 150, (idle, _rss_mb())
     assert not list(Path("/tmp").glob("x2ctclip-ct-*/series/*.dcm"))  # nothing of the bomb left on disk
+
+
+# --------------------------------------------------------------------- the default main job's model (slow, opt-in)
+MAIN_MODEL_ENV = "X2CTCLIP_MAIN_MODEL"
+
+
+@pytest.fixture(scope="module")
+def main_engine():
+    """The default quickstart's model (``x2ctclip quickstart --out DIR``; ``$X2CTCLIP_MAIN_MODEL`` = ``DIR/model``,
+    which the quickstart writes with its demo assets) and the preprocessed folder its assets came from."""
+    path = os.environ.get(MAIN_MODEL_ENV)
+    if not path:
+        pytest.skip(f"${MAIN_MODEL_ENV} is not set: it names the default quickstart's model folder (.ci/run builds "
+                    "one: x2ctclip quickstart --out DIR, then DIR/model)")  # fmt: skip
+    model = Path(path)
+    assert (model / de.ASSETS_FILE).is_file(), f"{model}: no {de.ASSETS_FILE}; run x2ctclip demo-assets on it"
+    data = Path(json.loads((model / de.ASSETS_FILE).read_text())["data"])
+    return de.DemoEngine(model, reference_phantoms=0), data
+
+
+@pytest.mark.slow
+def test_main_model_flags_a_real_radiograph_and_withholds_its_numbers(main_engine, rg1):
+    engine, _ = main_engine
+    result = engine.analyse_radiograph(rg1)
+    assert "out_of_distribution" in [i.code for i in result.issues], result.issues
+    assert result.withheld and result.predictions is None and result.saliency is None and result.retrieved == []
+
+
+@pytest.mark.slow
+def test_main_model_passes_held_out_simulated_cxrs_with_calibrated_numbers(main_engine, tmp_path):
+    from x2ctclip.train.data import load_preprocessed
+
+    engine, data = main_engine
+    test = load_preprocessed(data, "test").with_format("numpy", columns=["cxr"], dtype=None)
+    valid_names = set(load_preprocessed(data, "valid")["VolumeName"])
+    passed = 0
+    for i in range(5):
+        result = engine.analyse_radiograph(png(tmp_path / f"test_{i}.png", test[i]["cxr"]))
+        if result.withheld:
+            continue
+        passed += 1
+        assert result.predictions.calibrated and result.predictions.thresholds is not None
+        assert len(result.retrieved) == 5 and {name for _, name, _ in result.retrieved} <= valid_names
+    assert passed >= 4, f"{passed} of 5 held-out simulated CXRs passed the input checks"
