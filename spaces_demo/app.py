@@ -102,7 +102,8 @@ def _calibration_line(predictions: list[Predictions]) -> str:
     """Which probabilities are calibrated: one line per distinct calibration, naming its sources."""
     groups: dict[str, list[str]] = {}
     for p in predictions:
-        groups.setdefault(p.calibration, []).append(p.source)
+        how = f"calibrated probabilities ({p.calibration})" if p.calibrated else p.calibration
+        groups.setdefault(how, []).append(p.source)
     return "  \n".join(f"*{', '.join(sources)}*: {how}" for how, sources in groups.items())
 
 
