@@ -22,12 +22,14 @@ import os
 # Set before gradio / huggingface_hub / matplotlib are imported: they read these at import time.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Offline unless the deployer says otherwise (a Space serving a Hub id may set HF_HUB_OFFLINE=0 to download it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,6 +42,7 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_engine sits next to this file (also on a Space)
 
 from demo_engine import (  # noqa: E402
+    FLAG_MEANING,
     MODE_TITLES,
     SIMULATION_MODES,
     DemoEngine,
@@ -99,7 +102,8 @@ def _calibration_line(predictions: list[Predictions]) -> str:
     """Which probabilities are calibrated: one line per distinct calibration, naming its sources."""
     groups: dict[str, list[str]] = {}
     for p in predictions:
-        groups.setdefault(p.calibration, []).append(p.source)
+        how = f"calibrated probabilities ({p.calibration})" if p.calibrated else p.calibration
+        groups.setdefault(how, []).append(p.source)
     return "  \n".join(f"*{', '.join(sources)}*: {how}" for how, sources in groups.items())
 
 
@@ -110,9 +114,25 @@ def _model_summary(engine: DemoEngine) -> str:
     gallery = f"{len(engine.gallery)} reports ({engine.gallery.source})" if engine.gallery else "none"
     reference = engine.reference.source if engine.reference else "none (no latent input check)"
     folder = engine.model_dir.resolve()
-    return (f"**Model** `{folder.parent.name}/{folder.name}` (towers: {towers}; {calibration}) · **report gallery**: "
+    trained = (f"**Trained on** {engine.distribution}; {FLAG_MEANING}." if engine.distribution else
+               f"**Training distribution not recorded** (no demo_assets.json: run `x2ctclip demo-assets MODEL --data "
+               f"PREPROCESSED`); {FLAG_MEANING}.")  # fmt: skip
+    return (trained + "  \n" + f"**Model** `{folder.parent.name}/{folder.name}` (towers: {towers}; {calibration}) · "
+            "**report gallery**: "
             f"{gallery} · **input-check reference**: {reference} · **limits**: "
             f"{engine.limits.describe()}")  # fmt: skip
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system after each request (glibc keeps it otherwise, so one hostile upload would
+    leave the server gigabytes above its idle level); a no-op where ``malloc_trim`` does not exist."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
@@ -137,23 +157,26 @@ class DemoHandlers:
                 f"Something went wrong while analysing this {what} ({type(error).__name__}). The server is still "
                 "running; please try another file.", print_exception=False,
             ) from None
+        finally:
+            release_memory()
 
-    def predict_radiograph(self, file: Any, finding: str | None, show_anyway: bool):
-        return self._guard("radiograph", self._predict_radiograph, file, finding, bool(show_anyway))
+    def predict_radiograph(self, file: Any, finding: str | None, show_anyway: bool, raw_scores: bool = False):
+        return self._guard("radiograph", self._predict_radiograph, file, finding, bool(show_anyway), bool(raw_scores))
 
-    def _predict_radiograph(self, file, finding, show_anyway):
+    def _predict_radiograph(self, file, finding, show_anyway, raw_scores=False):
         engine = self.engine
-        result = engine.analyse_radiograph(file, finding, show_anyway=show_anyway)
+        result = engine.analyse_radiograph(file, finding, show_anyway=show_anyway, raw_scores=raw_scores)
         status = _issues_markdown(result.issues, result.withheld)
         view = to_uint8(result.view)
         if result.withheld:
             return status, None, view, None, pd.DataFrame(), pd.DataFrame()
-        chart = render_chart([result.predictions], engine.findings, unreliable=bool(result.issues))
-        lines = [status, _calibration_line([result.predictions])]
+        shown = [result.predictions] + ([result.raw_predictions] if result.raw_predictions is not None else [])
+        chart = render_chart(shown, engine.findings, unreliable=bool(result.issues))
+        lines = [status, _calibration_line(shown)]
         if engine.gallery is None:
             lines.append("*No report gallery loaded (start the app with --gallery CSV for retrieval).*")
         return ("\n\n".join(x for x in lines if x), chart, view, overlay_saliency(result.view, result.saliency),
-                _probability_table([result.predictions], engine.findings),
+                _probability_table(shown, engine.findings),
                 _reports_table(result.retrieved))  # fmt: skip
 
     def saliency(self, file: Any, finding: str | None, show_anyway: bool):
@@ -206,6 +229,8 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
                                           elem_id="finding")  # fmt: skip
                     show_anyway = gr.Checkbox(False, label="Show predictions even when input checks fail (not "
                                               "reliable)", elem_id="cxr_show_anyway")  # fmt: skip
+                    raw_scores = gr.Checkbox(False, label="Also show the raw zero-shot scores (uncalibrated; they "
+                                             "saturate)", elem_id="cxr_raw_scores")  # fmt: skip
                     analyse = gr.Button("Analyse", variant="primary", elem_id="cxr_analyse")
                     cxr_status = gr.Markdown(elem_id="cxr_status")
                 with gr.Column(scale=2):
@@ -219,7 +244,7 @@ def build_demo(engine: DemoEngine, concurrency: int = 2, queue_size: int = 64) -
             cxr_table = gr.Dataframe(label="Probabilities", interactive=False, elem_id="cxr_table")
             cxr_reports = gr.Dataframe(label="Most similar reports in the gallery", interactive=False, wrap=True,
                                        column_widths=REPORT_COLUMN_WIDTHS, elem_id="cxr_reports")  # fmt: skip
-            analyse.click(handlers.predict_radiograph, [cxr_file, finding, show_anyway],
+            analyse.click(handlers.predict_radiograph, [cxr_file, finding, show_anyway, raw_scores],
                           [cxr_status, cxr_chart, view, heat, cxr_table, cxr_reports],
                           api_name="predict_radiograph")  # fmt: skip
             finding.input(handlers.saliency, [cxr_file, finding, show_anyway], [heat], api_name="saliency")
@@ -275,9 +300,11 @@ def resolve_model_dir(model: str | None) -> Path:
     next to the repository this file belongs to). Raises FileNotFoundError naming the command that makes it."""
     if model:
         path = Path(model)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a saved X2CT-CLIP model folder (no config.json).")
-        return path
+        if (path / "config.json").is_file():
+            return path
+        if not path.exists() and _looks_like_hub_id(model):
+            return hub_model_dir(model)
+        raise FileNotFoundError(f"{path} is not a saved X2CT-CLIP model folder (no config.json).")
     if os.environ.get(MODEL_ENV):
         return resolve_model_dir(os.environ[MODEL_ENV])
     candidates = [DEFAULT_MODEL, Path(__file__).resolve().parents[1] / DEFAULT_MODEL]
@@ -291,9 +318,31 @@ def resolve_model_dir(model: str | None) -> Path:
     )
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def hub_model_dir(repo_id: str) -> Path:
+    """The local folder of a Hub model repo (its weights, processor and demo assets), through huggingface_hub's
+    cache: offline (the default here) only the cache is read; with ``HF_HUB_OFFLINE=0`` it is downloaded once."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id))
+    except Exception as error:  # LocalEntryNotFoundError offline, RepositoryNotFoundError, HTTP errors online
+        raise FileNotFoundError(f"{repo_id}: not a local folder, and the Hub repo could not be loaded "
+                                f"({type(error).__name__}; offline, only the local Hub cache is read: set "
+                                "HF_HUB_OFFLINE=0 to download it).") from None  # fmt: skip
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{repo_id}: the Hub repo has no config.json; not an X2CT-CLIP model.")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="X2CT-CLIP Gradio demo (chest X-ray and CT).")
-    parser.add_argument("--model", help=f"model folder (default: ${MODEL_ENV} or {DEFAULT_MODEL.as_posix()})")
+    parser.add_argument("--model", help=f"model folder or Hub id (default: ${MODEL_ENV} or "
+                        f"{DEFAULT_MODEL.as_posix()})")  # fmt: skip
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
     parser.add_argument("--gallery", help="report CSV ('report' or CT-RATE's Findings_EN/Impressions_EN columns) or "

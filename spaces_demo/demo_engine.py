@@ -41,11 +41,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from x2ctclip.train.demo_assets import ASSETS_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents  # noqa: F401
+
 logger = logging.getLogger("x2ctclip.demo")
 
 CALIBRATION_FILE = "calibration.json"
-GALLERY_FILE = "report_gallery.safetensors"
-REFERENCE_FILE = "cxr_reference.safetensors"
+#: What an out-of-distribution flag means, shown on the page next to the training distribution.
+FLAG_MEANING = ("a flag means the model's latent of the upload lies outside what it saw in training, so its numbers "
+                "are withheld: they would not be reliable")
+#: Radiographs whose sides differ more than this are refused from the header, before decoding (no real one does).
+MAX_ASPECT = 4.0
+#: A zip member compressed more than this ratio is refused before extraction (DICOM compresses about 2-10x).
+MAX_ZIP_RATIO = 200
 SIMULATION_MODES = ("mean", "beer_lambert")
 #: Human-readable names of the simulation modes (``x2ctclip.processors.simulation``).
 MODE_TITLES = {"mean": "mean projection (X2CT-CLIP)", "beer_lambert": "Beer-Lambert attenuation"}
@@ -207,23 +214,6 @@ def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.n
     return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, precision, d), 0.0))
 
 
-def save_latents(path: str | os.PathLike, name: str, latents: torch.Tensor, metadata: dict[str, str]) -> Path:
-    """Write ``{name: latents}`` with string ``metadata`` to a safetensors file, atomically (temp name + rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({name: latents.detach().float().contiguous().cpu()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _load_latents(path: Path, name: str) -> tuple[torch.Tensor, dict[str, str]]:
     from safetensors import safe_open
 
@@ -365,6 +355,8 @@ class RadiographResult:
     issues: list[Issue]
     ood_distance: float | None = None
     withheld: bool = False
+    #: the raw zero-shot probabilities, only when asked for (``raw_scores=True``) and the default is calibrated.
+    raw_predictions: Predictions | None = None
 
 
 @dataclass
@@ -407,7 +399,7 @@ class DemoEngine:
         display_size: int = 448,
     ):
         from x2ctclip import X2CTCLIPModel
-        from x2ctclip.train.zeroshot import ZeroShotClassifier
+        from x2ctclip.zero_shot import ZeroShotClassifier
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
@@ -433,6 +425,9 @@ class DemoEngine:
         # Prompts are encoded once, here, before any concurrent request; the cache is then only read. A plain copy
         # (not an inference tensor) is kept for the saliency pass, which needs autograd.
         self.prompt_embeds = self.classifier.encode_prompts().clone()
+        self.assets = self._load_assets()
+        #: One line naming the distribution the model was trained on (from ``demo_assets.json``), or None.
+        self.distribution = self.assets.get("distribution")
         self.calibrators = self._load_calibration()
         self.gallery = self._load_gallery(gallery)
         self.reference = self._load_reference(reference_phantoms)
@@ -456,6 +451,16 @@ class DemoEngine:
                 f"{self.model_dir}: cannot load the processor (processor_config.json and tokenizer files, written by "
                 f"X2CTCLIPProcessor.save_pretrained): {error}"
             ) from None
+
+    def _load_assets(self) -> dict[str, Any]:
+        path = self.model_dir / ASSETS_FILE
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not readable JSON ({error}).") from None
+        return data if isinstance(data, dict) else {}
 
     def _load_calibration(self) -> dict[str, Any]:
         from x2ctclip.train.calibration import Calibrator
@@ -522,7 +527,11 @@ class DemoEngine:
         path = self.model_dir / REFERENCE_FILE
         if path.is_file():
             latents, meta = _load_latents(path, "cxr_embeds")
-            return LatentReference.fit(latents.numpy(), meta.get("source", f"{len(latents)} CXRs ({path.name})"))
+            # The limit is the out-of-fold quantile at the share the assets were written for (97.5 % by default), no
+            # extra margin: the check then accepts that share of held-out CXRs of the training distribution.
+            share = float(meta.get("accept_share", self.assets.get("accept_share", 0.975)))
+            return LatentReference.fit(latents.numpy(), meta.get("source", f"{len(latents)} CXRs ({path.name})"),
+                                       quantile=share, margin=1.0)  # fmt: skip
         if phantoms <= 0:
             return None
         latents = self.encode_images(simulate_phantom_cxrs(phantoms))
@@ -545,12 +554,16 @@ class DemoEngine:
         return save_latents(self.model_dir / REFERENCE_FILE, "cxr_embeds", latents, {"source": source})
 
     # --------------------------------------------------------------------------------------------- predictions
-    def predictions(self, latents: torch.Tensor, tower: str, source: str) -> Predictions:
+    def predictions(self, latents: torch.Tensor, tower: str, source: str, raw: bool = False) -> Predictions:
         """Zero-shot probabilities of one latent ``(1, D)`` of ``tower`` (``"cxr"`` or ``"ct"``), calibrated with
-        that tower's calibrator when the folder has one."""
+        that tower's calibrator when the folder has one (``raw``: the uncalibrated prompt-pair probabilities)."""
         out = self.classifier.predict_from_embeddings(latents.to(self.device))
         logits = out.logits[0].double().cpu().numpy()
         calibrator = self.calibrators.get(tower)
+        if raw and calibrator is not None:
+            how = "raw zero-shot prompt-pair probabilities, uncalibrated (asked for; they saturate)"
+            return Predictions(f"{source}, raw zero-shot", out.probabilities[0].double().cpu().numpy(), logits,
+                               False, how)  # fmt: skip
         if calibrator is None:
             how = "raw zero-shot probabilities (no calibration for this tower in the model folder)"
             return Predictions(source, out.probabilities[0].double().cpu().numpy(), logits, False, how)
@@ -633,6 +646,19 @@ class DemoEngine:
                                 "reads frontal (PA/AP) chest radiographs only."))  # fmt: skip
         return radiograph, issues
 
+    def _check_header_size(self, path: Path, width: int, height: int) -> None:
+        """Refuse from the header alone, before any pixel is decoded: too many pixels, or sides no real radiograph
+        has (beyond 1:``MAX_ASPECT``; a 64 x 200000 PNG of 17 kB would otherwise decode to gigabytes)."""
+        if width * height > self.limits.max_image_pixels:
+            raise InputError(
+                f"{path.name!r} is {width} x {height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                f"{self.limits.max_image_pixels / 1e6:g} megapixels."
+            )
+        ratio = max(width, height) / max(min(width, height), 1)
+        if ratio > MAX_ASPECT:
+            raise InputError(f"{path.name!r} is {width} x {height} pixels (sides 1:{ratio:.0f}); no chest radiograph "
+                             f"is beyond 1:{MAX_ASPECT:g}.")  # fmt: skip
+
     def _dicom_header_checks(self, path: Path) -> list[Issue]:
         import pydicom
 
@@ -641,11 +667,7 @@ class DemoEngine:
         except Exception as error:  # pydicom raises InvalidDicomError, EOFError, OSError, struct.error, ...
             raise InputError(f"{path.name!r} is not a readable DICOM file ({type(error).__name__}).") from None
         rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        if rows * columns > self.limits.max_image_pixels:
-            raise InputError(
-                f"{path.name!r} is {columns} x {rows} = {rows * columns / 1e6:.0f} megapixels; the limit is "
-                f"{self.limits.max_image_pixels / 1e6:g} megapixels."
-            )
+        self._check_header_size(path, columns, rows)
         issues = []
         modality = str(ds.get("Modality", "") or "").upper()
         if modality in OTHER_MODALITIES:
@@ -662,11 +684,7 @@ class DemoEngine:
         try:
             with Image.open(path) as image:  # reads the header only
                 width, height = image.size
-                if width * height > self.limits.max_image_pixels:
-                    raise InputError(
-                        f"{path.name!r} is {width} x {height} = {width * height / 1e6:.0f} megapixels; the limit is "
-                        f"{self.limits.max_image_pixels / 1e6:g} megapixels."
-                    )
+                self._check_header_size(path, width, height)
                 if image.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
                     return []
                 image.draft("RGB", (512, 512))  # JPEG: decode at a reduced size, enough for a colour check
@@ -710,10 +728,12 @@ class DemoEngine:
                       f"{self.reference.source}).")], distance  # fmt: skip
 
     def analyse_radiograph(self, path: Any, finding: str | None = None, show_anyway: bool = False,
-                           top_k: int = 5) -> RadiographResult:  # fmt: skip
+                           top_k: int = 5, raw_scores: bool = False) -> RadiographResult:  # fmt: skip
         """Checks, classifies and explains one uploaded radiograph (see :class:`RadiographResult`).
 
         When a check fails, predictions and saliency are withheld (``withheld=True``) unless ``show_anyway``.
+        Probabilities are the calibrated ones when the folder has a calibration; ``raw_scores`` adds the raw
+        zero-shot ones, labelled, as ``raw_predictions``.
         """
         finding = self.findings[self.finding_index(finding)]
         radiograph, issues = self.load_radiograph(path)
@@ -728,6 +748,8 @@ class DemoEngine:
         if withheld:
             return result
         result.predictions = self.predictions(latent, "cxr", "CXR tower")
+        if raw_scores and result.predictions.calibrated:
+            result.raw_predictions = self.predictions(latent, "cxr", "CXR tower", raw=True)
         result.saliency = upsample_map(smooth_map(attribution), view.shape)
         if self.gallery is not None:
             result.retrieved = self.gallery.search(latent, top_k)
@@ -826,6 +848,18 @@ class DemoEngine:
                 if len(niftis) > 1:
                     raise InputError(f"{path.name!r} holds {len(niftis)} NIfTI files; upload one CT at a time.")
                 members = niftis
+            # Refuse from the central directory before writing a byte: the declared total beyond the limit, or a
+            # member compressed beyond any DICOM / NIfTI (a zip bomb). Bytes are still counted while extracting,
+            # since the declared sizes may lie.
+            declared = sum(m.file_size for m in members)
+            if declared > limits.max_zip_bytes:
+                raise InputError(f"{path.name!r} expands to more than {limits.max_zip_bytes / 1e6:g} MB (its "
+                                 f"directory declares {declared / 1e6:,.0f} MB); nothing was extracted.")  # fmt: skip
+            for m in members:
+                if m.file_size > (1 << 20) and m.file_size > MAX_ZIP_RATIO * max(m.compress_size, 1):
+                    ratio = m.file_size / max(m.compress_size, 1)
+                    raise InputError(f"{path.name!r}: {m.filename!r} is compressed {ratio:,.0f}x (limit "
+                                     f"{MAX_ZIP_RATIO}x): a zip bomb, not a CT; nothing was extracted.")  # fmt: skip
             series = workdir / "series"
             series.mkdir()
             total = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import socket
 import sys
@@ -33,7 +34,7 @@ from x2ctclip.processors import (
 )
 from x2ctclip.train.calibration import Calibrator
 from x2ctclip.train.synthetic import make_study, plan_study, write_volume
-from x2ctclip.train.zeroshot import build_prompts
+from x2ctclip.zero_shot import build_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "spaces_demo"))
@@ -630,3 +631,182 @@ def test_no_file_outside_the_upload_cache_is_served(server, folder):
             response = httpx.get(url + route)
             assert response.status_code in (403, 404), (route, response.status_code)
             assert "root:" not in response.text
+
+
+def test_model_may_be_a_hub_id_read_from_the_local_hub_cache(monkeypatch, tmp_path, folder, capsys):
+    """``--model owner/name``: huggingface_hub's own snapshot_download resolves it offline from the cache layout
+    (models--owner--name/refs/main -> snapshots/<commit>/); a Hub id that is not cached gives one line."""
+    import huggingface_hub.constants
+
+    import app
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--x2ctclip-demo"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert app.resolve_model_dir("someone/x2ctclip-demo") == repo / "snapshots" / commit
+    monkeypatch.setenv(app.MODEL_ENV, "someone/x2ctclip-demo")
+    assert app.resolve_model_dir(None) == repo / "snapshots" / commit
+    assert app.main(["--model", "someone/not-cached"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "someone/not-cached: not a local folder, and the Hub repo could not be" in err
+
+
+# ------------------------------------------------------------------------------------ demo assets (validation)
+@pytest.fixture(scope="module")
+def assets_folder(tmp_path_factory):
+    """A tiny model with ``x2ctclip demo-assets`` run on a tiny preprocessed folder (valid 40, test 40 scans)."""
+    from scripts.eval_fixtures import make_model, make_preprocessed
+
+    from x2ctclip.train.cli import main
+
+    root = tmp_path_factory.mktemp("assets")
+    data = make_preprocessed(root / "data", {"valid": 40, "test": 40})
+    model = make_model(root / "model", towers=("cxr", "text"))
+    assert main(["demo-assets", str(model), "--data", str(data), "--no-progress"]) == 0
+    return model, data
+
+
+def test_demo_assets_are_written_from_the_validation_split_and_read_by_the_demo(assets_folder):
+    from x2ctclip.train.calibration import Calibrator
+    from x2ctclip.train.data import load_preprocessed
+    from x2ctclip.train.evaluate_model import encode_images, load_model
+
+    model, data = assets_folder
+    record = json.loads((model / de.ASSETS_FILE).read_text())
+    assert record["split"] == "valid" and record["n_cases"] == 40 and record["accept_share"] == 0.975
+    assert "simulated (mean projection)" in record["distribution"]
+    engine = de.DemoEngine(model, reference_phantoms=0)
+    assert engine.distribution == record["distribution"]
+    valid = load_preprocessed(data, "valid")
+    # the gallery holds the validation reports, in order, with their names
+    assert engine.gallery.names == list(valid["VolumeName"]) and engine.gallery.reports == list(valid["report"])
+    # the reference is the model's own validation CXR latents; the calibration is evaluate calibrate's
+    loaded = load_model(model, calibrated=False)
+    latents = encode_images(loaded, [np.asarray(x, np.uint8) for x in valid["cxr"]])
+    stored, _ = de._load_latents(model / de.REFERENCE_FILE, "cxr_embeds")
+    torch.testing.assert_close(stored, latents, atol=1e-5, rtol=1e-4)
+    calibration = json.loads((model / "config.json").read_text())["calibration"]
+    assert Calibrator.from_dict(calibration).to_dict() == engine.calibrators["cxr"].to_dict()
+    assert engine.calibrators["cxr"].threshold_method == "youden"
+    # the limit accepts about the stated share of held-out (TEST split) CXRs of the same distribution
+    test = load_preprocessed(data, "test")
+    held_out = encode_images(loaded, [np.asarray(x, np.uint8) for x in test["cxr"]])
+    accepted = float((engine.reference.distance(held_out.numpy()) <= engine.reference.limit).mean())
+    assert accepted >= 0.8, accepted
+    # calibrated numbers by default, raw zero-shot ones only on request and labelled
+    calibrated = engine.predictions(held_out[:1], "cxr", "CXR tower")
+    raw = engine.predictions(held_out[:1], "cxr", "CXR tower", raw=True)
+    assert calibrated.calibrated and not raw.calibrated and "raw zero-shot" in raw.source
+    assert "uncalibrated" in raw.calibration and not np.allclose(raw.probabilities, calibrated.probabilities)
+
+
+def test_demo_assets_command_refuses_the_test_split_and_bad_paths(assets_folder, tmp_path):
+    import subprocess
+
+    model, data = assets_folder
+    for args, message in (([str(model), "--data", str(data), "--split", "test"], "test split stays held out"),
+                          ([str(tmp_path / "none"), "--data", str(data)], "no config.json"),
+                          ([str(model), "--data", str(tmp_path / "none")], "no such preprocessed folder")):
+        run = subprocess.run([sys.executable, "-m", "x2ctclip.train.cli", "demo-assets", *args], capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("x2ctclip demo-assets: error: ") and message in run.stderr
+
+
+def test_the_page_names_the_training_distribution_and_what_a_flag_means(assets_folder, folder):
+    import app
+
+    line = app._model_summary(de.DemoEngine(assets_folder[0], reference_phantoms=0))
+    assert "**Trained on** frontal chest radiographs simulated (mean projection)" in line
+    assert "a flag means" in line
+    assert "Training distribution not recorded" in app._model_summary(de.DemoEngine(folder, reference_phantoms=0))
+
+
+# ------------------------------------------------------------------------------------------- hostile uploads
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this system")
+
+
+def test_hostile_uploads_are_refused_from_headers_and_memory_returns_to_idle(engine, tmp_path):
+    """A 64 x 200000 PNG (17 kB; decoded and resized it took the demo from 2.2 to 8.1 GB), a 1 x 8000 strip, a zip
+    bomb (one member of zeros declared at 3 GB) and a gzip bomb: each refused before decoding / extracting, and the
+    process RSS after the batch is back within 150 MB of its idle level."""
+    import app
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((200000, 64), np.uint8)).save(strip)
+    assert strip.stat().st_size < 300_000
+    thin = png(tmp_path / "thin.png", np.zeros((1, 8000), np.uint8) + 9)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("slice.dcm", "w", force_zip64=True) as member:
+            block = bytes(1 << 24)
+            for _ in range(8):  # 128 MB of zeros, about 130 kB compressed
+                member.write(block)
+    header = nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4)).to_bytes()
+    gz = tmp_path / "bomb.nii.gz"
+    gz.write_bytes(gzip.compress(header + bytes(20_000_000)))
+    app.release_memory()
+    idle = _rss_mb()
+    for _ in range(3):
+        for path, message in ((strip, "no chest radiograph is beyond 1:4"), (thin, "no chest radiograph is beyond")):
+            with pytest.raises(de.InputError, match=message):
+                engine.analyse_radiograph(path)
+        with pytest.raises(de.InputError, match="zip bomb, not a CT; nothing was extracted"):
+            engine.analyse_ct(bomb)
+        with pytest.raises(de.InputError, match="cannot be read as a CT|decompresses to more than|truncated"):
+            de.DemoEngine.analyse_ct(engine, gz)
+        app.release_memory()
+    assert _rss_mb() - idle < 150, (idle, _rss_mb())
+    assert not list(Path("/tmp").glob("x2ctclip-ct-*/series/*.dcm"))  # nothing of the bomb left on disk
+
+
+# --------------------------------------------------------------------- the default main job's model (slow, opt-in)
+MAIN_MODEL_ENV = "X2CTCLIP_MAIN_MODEL"
+
+
+@pytest.fixture(scope="module")
+def main_engine():
+    """The default quickstart's model (``x2ctclip quickstart --out DIR``; ``$X2CTCLIP_MAIN_MODEL`` = ``DIR/model``,
+    which the quickstart writes with its demo assets) and the preprocessed folder its assets came from."""
+    path = os.environ.get(MAIN_MODEL_ENV)
+    if not path:
+        pytest.skip(f"${MAIN_MODEL_ENV} is not set: it names the default quickstart's model folder (.ci/run builds "
+                    "one: x2ctclip quickstart --out DIR, then DIR/model)")  # fmt: skip
+    model = Path(path)
+    assert (model / de.ASSETS_FILE).is_file(), f"{model}: no {de.ASSETS_FILE}; run x2ctclip demo-assets on it"
+    data = Path(json.loads((model / de.ASSETS_FILE).read_text())["data"])
+    return de.DemoEngine(model, reference_phantoms=0), data
+
+
+@pytest.mark.slow
+def test_main_model_flags_a_real_radiograph_and_withholds_its_numbers(main_engine, rg1):
+    engine, _ = main_engine
+    result = engine.analyse_radiograph(rg1)
+    assert "out_of_distribution" in [i.code for i in result.issues], result.issues
+    assert result.withheld and result.predictions is None and result.saliency is None and result.retrieved == []
+
+
+@pytest.mark.slow
+def test_main_model_passes_held_out_simulated_cxrs_with_calibrated_numbers(main_engine, tmp_path):
+    from x2ctclip.train.data import load_preprocessed
+
+    engine, data = main_engine
+    test = load_preprocessed(data, "test").with_format("numpy", columns=["cxr"], dtype=None)
+    valid_names = set(load_preprocessed(data, "valid")["VolumeName"])
+    passed = 0
+    for i in range(5):
+        result = engine.analyse_radiograph(png(tmp_path / f"test_{i}.png", test[i]["cxr"]))
+        if result.withheld:
+            continue
+        passed += 1
+        assert result.predictions.calibrated and result.predictions.thresholds is not None
+        assert len(result.retrieved) == 5 and {name for _, name, _ in result.retrieved} <= valid_names
+    assert passed >= 4, f"{passed} of 5 held-out simulated CXRs passed the input checks"

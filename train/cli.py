@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("x2ctclip.train.cmd_quickstart", "synthetic data -> CT-CLIP -> X2CT-CLIP -> evaluation, in one command"),
     "evaluate": ("x2ctclip.train.cmd_evaluate", "evaluate a model: zeroshot | retrieval | calibrate | all"),
     "space": ("x2ctclip.train.cmd_space", "write a deployable Hugging Face Space folder for the demo"),
+    "demo-assets": (
+        "x2ctclip.train.cmd_demo_assets", "write the Space demo's calibration, gallery and input-check reference"
+    ),
     "fewshot": ("x2ctclip.train.cmd_fewshot", "linear probe / LoRA on stratified fractions of the training labels"),
 }
 

@@ -481,6 +481,10 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(runs / "x2ct" / "model", tmp)
+    from .demo_assets import write_demo_assets  # the Space demo's calibration, gallery and input-check reference
+
+    write_demo_assets(tmp, pre, cache, progress=progress, distribution="frontal chest radiographs simulated (mean "
+                      "projection) from synthetic chest CT phantoms (x2ctclip make-synthetic)")  # valid split only
     _quickstart_card(tmp, runs, pre, metrics)
     _replace_dir(tmp, out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
