@@ -84,7 +84,8 @@ def test_contract_columns_and_values(ct_rate, preprocessed):
     assert config["shape"] == list(SHAPE) and config["spacing"] == list(SPACING)
     assert config["cxr_mode"] == "mean" and config["cxr_size"] == CXR
     assert config["volume_processor"]["target_shape"] == list(SHAPE) and config["source_root"] == str(ct_rate)
-    assert config["splits"]["train"] == {"num_rows": 6, "num_shards": 3, "release": "fixed", "non_chest_excluded": 0}
+    assert config["splits"]["train"] == {"num_rows": 6, "num_shards": 3, "release": "fixed", "non_chest_excluded": 0,
+                                         "num_skipped_not_chest": 0}
     assert config["release"] == "auto" and config["keep_non_chest"] is False and "datasets" in config["versions"]
 
 
@@ -154,6 +155,49 @@ def test_bad_volume_is_named(ct_rate, tmp_path):
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(ValueError, match=f"{victim.name}: corrupt or truncated"):
         P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, progress=False)
+
+
+def _fill_the_lungs(path):
+    """Rewrite a synthetic corrected-release CT with its lung-like air (-950..-600 HU) turned to soft tissue (40 HU):
+    the outline and the air around the body stay, so only the chest check can tell it is not a chest CT."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    hu = np.asarray(image.dataobj, dtype=np.float32) * float(image.dataobj.slope) + float(image.dataobj.inter)
+    hu[(hu >= -950) & (hu < -600)] = 40.0
+    image.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), image.affine, image.header), str(path))
+
+
+def test_volumes_that_are_not_chest_cts_are_left_out_and_listed(tmp_path, caplog):
+    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+
+    # 48 x 96 x 96 voxels (about 7 x 4 x 4 mm): fine enough for the chest check (CHEST_CHECK_MAX_SPACING_MM).
+    root = tmp_path / "root"
+    generate_synthetic_ct_rate(root, n_train=1, n_valid=3, shape=(48, 96, 96), seed=1, recons=1, progress=False)
+    victim = sorted((root / "valid_fixed").rglob("*.nii.gz"))[1]
+    assert all(s <= m for s, m in zip(D.read_ct_rate_volume(str(victim)).spacing_mm, P.CHEST_CHECK_MAX_SPACING_MM))
+    _fill_the_lungs(victim)
+    stem = D.volume_stem(victim.name)
+    with caplog.at_level("WARNING"):
+        result = P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
+                                      progress=False)["valid"]
+    names = [D.volume_stem(n) for n in result["VolumeName"]]
+    table = D.ct_rate_table(root, "valid")
+    assert stem not in names and len(names) == len(table) - 1
+    listed = (tmp_path / "out" / "valid" / "skipped.csv").read_text().splitlines()
+    assert listed[0] == "VolumeName,reason" and len(listed) == 2 and stem in listed[1] and "lung" in listed[1]
+    config = json.loads((tmp_path / "out" / D.PREPROCESS_CONFIG).read_text())
+    assert config["splits"]["valid"]["num_skipped_not_chest"] == 1
+    assert any("1 of" in r.getMessage() and "skipped.csv" in r.getMessage() for r in caplog.records)
+    # A rerun resumes from the finished shards (the skipped list included) and gives the same rows.
+    again = P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
+                                 progress=False)["valid"]
+    assert [D.volume_stem(n) for n in again["VolumeName"]] == names
+    # --keep-implausible keeps it.
+    kept = P.preprocess_ct_rate(root, tmp_path / "kept", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
+                                keep_implausible=True, progress=False)["valid"]
+    assert len(kept) == len(table) and not (tmp_path / "kept" / "valid" / "skipped.csv").exists()
 
 
 def test_to_uint8_square_keeps_the_aspect_ratio():

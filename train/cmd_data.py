@@ -40,6 +40,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
                                  "present (default: %(default)s)")
         parser.add_argument("--keep-non-chest", action="store_true",
                             help="keep the volumes listed in metadata/no_chest_{train,valid}.txt (left out by default)")
+        parser.add_argument("--keep-implausible", action="store_true",
+                            help="keep volumes that fail the chest-CT check (lung-like air in the body cross-section; "
+                                 "left out and listed in OUT/{split}/skipped.csv by default)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "cache-embeddings":
         parser.add_argument("--model", required=True, type=Path, help="X2CT-CLIP model folder (CT and report towers)")
@@ -74,6 +77,7 @@ def run(args) -> int:
             progress=progress,
             release=args.release,
             keep_non_chest=args.keep_non_chest,
+            keep_implausible=args.keep_implausible,
         )
     else:
         from x2ctclip.train.embedding_cache import cache_embeddings

@@ -980,6 +980,11 @@ def config_fingerprint(data: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# A row holding this key (and its VolumeName) stands for a planned volume that is left out of the shard, with the
+# reason as its value (``x2ctclip preprocess``: a CT that does not cover the chest).
+SKIPPED = "_skipped_reason"
+
+
 class ShardedSplitWriter:
     """Writes one split as a ``save_to_disk`` folder, one Arrow shard at a time, resumably and atomically.
 
@@ -1039,27 +1044,51 @@ class ShardedSplitWriter:
         final = self.shard_path(index)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         expected = self.plan[index]
-        written = 0
+        position = written = 0
+        skipped: list[dict[str, str]] = []
+        skipped_path = self.skipped_path(index)
         try:
             writer = ArrowWriter(features=self.features, path=str(tmp), writer_batch_size=max(1, writer_batch_size))
             try:
                 for row in rows:
-                    if written >= len(expected) or volume_stem(row["VolumeName"]) != volume_stem(expected[written]):
+                    if position >= len(expected) or volume_stem(row["VolumeName"]) != volume_stem(expected[position]):
                         got = row["VolumeName"]
-                        want = expected[written] if written < len(expected) else "nothing"
-                        raise RuntimeError(f"{final}: row {written} is {got!r}, the plan says {want!r}.")
+                        want = expected[position] if position < len(expected) else "nothing"
+                        raise RuntimeError(f"{final}: row {position} is {got!r}, the plan says {want!r}.")
+                    position += 1
+                    if SKIPPED in row:  # a planned volume left out (e.g. not a chest CT): recorded, not written
+                        skipped.append({"VolumeName": row["VolumeName"], "reason": str(row[SKIPPED])})
+                        continue
                     writer.write(dict(row))
                     written += 1
-                if written != len(expected):
-                    raise RuntimeError(f"{final}: {written} rows written, the plan has {len(expected)}.")
+                if position != len(expected):
+                    raise RuntimeError(f"{final}: {position} rows written, the plan has {len(expected)}.")
                 writer.finalize()
             finally:
                 writer.close()
+            # The list of skipped volumes lands before the shard: a finished shard always has its complete list.
+            if skipped:
+                _atomic_write_text(skipped_path, json.dumps(skipped, indent=2))
+            else:
+                skipped_path.unlink(missing_ok=True)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return written
+
+    def skipped_path(self, index: int) -> Path:
+        """JSON list of the planned volumes of shard ``index`` that were left out (absent when none were)."""
+        return self.shard_path(index).with_suffix(".skipped.json")
+
+    def skipped(self) -> list[dict[str, str]]:
+        """``[{"VolumeName", "reason"}]`` of every planned volume left out of the finished shards, in plan order."""
+        out: list[dict[str, str]] = []
+        for index in range(self.num_shards):
+            path = self.skipped_path(index)
+            if self.is_done(index) and path.is_file():
+                out.extend(json.loads(path.read_text()))
+        return out
 
     def finalize(self, description: str = ""):
         """Write ``state.json`` / ``dataset_info.json`` and return the split as a memory-mapped ``Dataset``."""
@@ -1070,6 +1099,8 @@ class ShardedSplitWriter:
             raise RuntimeError(f"{self.folder}: shards {missing[:5]} are not written yet.")
         for index, names in enumerate(self.plan):
             rows = Dataset.from_file(str(self.shard_path(index))).num_rows
+            path = self.skipped_path(index)
+            rows += len(json.loads(path.read_text())) if path.is_file() else 0
             if rows != len(names):
                 raise ValueError(f"{self.shard_path(index)}: {rows} rows, expected {len(names)}; delete it and rerun.")
         state = {

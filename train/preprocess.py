@@ -34,6 +34,7 @@ import numpy as np
 
 from x2ctclip.train.data import (
     PREPROCESS_CONFIG,
+    SKIPPED,
     ShardedSplitWriter,
     _atomic_write_text,
     config_fingerprint,
@@ -52,6 +53,8 @@ DEFAULT_SHAPE: tuple[int, int, int] = (240, 480, 480)
 DEFAULT_SPACING: tuple[float, float, float] = (1.5, 0.75, 0.75)
 #: Target size of a shard's Arrow file; rows per shard = this / bytes per row (at least 1).
 DEFAULT_SHARD_BYTES = 500 * 2**20
+#: The chest-CT check runs on volumes at most this coarse, ``(z, y, x)`` mm (coarser ones are kept unjudged).
+CHEST_CHECK_MAX_SPACING_MM: tuple[float, float, float] = (10.0, 5.0, 5.0)
 #: Rows buffered by the Arrow writer before a flush (bounded by bytes as well).
 _FLUSH_BYTES = 32 * 2**20
 
@@ -91,7 +94,9 @@ def simulate_cxr_uint8(volume, *, mode: str = "mean", size: int = 256) -> np.nda
 class _VolumeWorker:
     """Turns one table row into one preprocessed row (picklable: runs in worker processes)."""
 
-    def __init__(self, root, storage_options, processor_kwargs: Mapping[str, Any], cxr_mode: str, cxr_size: int):
+    def __init__(self, root, storage_options, processor_kwargs: Mapping[str, Any], cxr_mode: str, cxr_size: int,
+                 check_chest: bool = True):
+        self.check_chest = bool(check_chest)
         self.root = os.fspath(root)
         self.storage_options = dict(storage_options or {})
         self.processor_kwargs = dict(processor_kwargs)
@@ -124,6 +129,15 @@ class _VolumeWorker:
             z_spacing=record["z_spacing"],
             max_voxels=processor.max_voxels,
         )
+        # The chest check is calibrated on clinical grids (docs/limits_and_checks.md); a grid coarser than
+        # CHEST_CHECK_MAX_SPACING_MM blurs the lungs into the chest wall, so such volumes are not judged (kept).
+        fine_enough = all(s <= m for s, m in zip(volume.spacing_mm, CHEST_CHECK_MAX_SPACING_MM))
+        if self.check_chest and fine_enough:
+            from x2ctclip.processors.plausibility import chest_ct_check
+
+            check = chest_ct_check(volume)
+            if not check.plausible:  # left out of the shard and listed (OUT/{split}/skipped.csv), not an error
+                return {"VolumeName": record["VolumeName"], SKIPPED: check.reason}
         with torch.inference_mode():
             ct_values = processor.process_volume(volume)
         # HU = ct_values * hu_scale (1000): whole HU fit int16 exactly; rounding moves a value by at most 0.5 HU.
@@ -228,6 +242,7 @@ def preprocess_ct_rate(
     progress: bool | None = None,
     release: str = "auto",
     keep_non_chest: bool = False,
+    keep_implausible: bool = False,
 ) -> dict[str, Any]:
     """Preprocess CT-RATE splits into ``OUT/{split}/`` (see the module docstring).
 
@@ -246,6 +261,8 @@ def preprocess_ct_rate(
         release: ``"auto"`` (the corrected ``{split}_fixed/`` release when present), ``"fixed"`` or ``"original"``;
             the choice per split is logged and recorded in ``preprocess_config.json`` (``release``).
         keep_non_chest: keep the volumes of the release's ``no_chest`` lists (left out, with a count, by default).
+        keep_implausible: keep volumes that fail :func:`x2ctclip.processors.plausibility.chest_ct_check` (by default
+            they are left out, logged with a count and listed in ``OUT/{split}/skipped.csv`` with the reason).
 
     Returns:
         ``{split: datasets.Dataset}``, memory-mapped.
@@ -297,6 +314,7 @@ def preprocess_ct_rate(
                                    keep_non_chest=keep_non_chest, info=infos[split]) for split in splits}
     params["release"] = release
     params["keep_non_chest"] = bool(keep_non_chest)
+    params["keep_implausible"] = bool(keep_implausible)
     for split in splits:
         logging.getLogger(__name__).info("%s %s: %s release (--release %s)", data_root, split,
                                          infos[split]["release"], release)
@@ -318,7 +336,8 @@ def preprocess_ct_rate(
     record["versions"] = _versions()
     _atomic_write_text(config_path, json.dumps(record, indent=2))
 
-    worker = _VolumeWorker(data_root, storage_options, processor_kwargs, cxr_mode, cxr_size)
+    worker = _VolumeWorker(data_root, storage_options, processor_kwargs, cxr_mode, cxr_size,
+                           check_chest=not keep_implausible)
     features = preprocessed_features(shape, cxr_size)
     executor = None
     if workers > 1:
@@ -351,9 +370,24 @@ def preprocess_ct_rate(
                     shard_rows = itertools.islice(rows, len(writer.plan[index]))
                     writer.write_shard(index, _counted(shard_rows, bar), writer_batch_size=flush_rows)
             results[split] = writer.finalize(description=f"CT-RATE {split} preprocessed by x2ctclip")
-            # The release actually read (fixed / original) and the count of no_chest volumes left out.
+            skipped = writer.skipped()
+            if skipped:
+                import csv
+                import io
+
+                text = io.StringIO()
+                table_out = csv.DictWriter(text, fieldnames=["VolumeName", "reason"], lineterminator="\n")
+                table_out.writeheader()
+                table_out.writerows(skipped)
+                _atomic_write_text(out / split / "skipped.csv", text.getvalue())
+                logging.getLogger(__name__).warning(
+                    "%s %s: %d of %d volumes do not look like chest CTs and were left out (listed in %s; "
+                    "--keep-implausible keeps them).", data_root, split, len(skipped), len(names),
+                    out / split / "skipped.csv")
+            # The release actually read (fixed / original), the count of no_chest volumes left out and of volumes
+            # that failed the chest check.
             record["splits"][split] = {"num_rows": results[split].num_rows, "num_shards": writer.num_shards,
-                                       **infos[split]}
+                                       "num_skipped_not_chest": len(skipped), **infos[split]}
             _atomic_write_text(config_path, json.dumps(record, indent=2))
     finally:
         if executor is not None:
