@@ -54,7 +54,10 @@ CHEST_CT_LIMITS = {
     # lung parenchyma inside the outline (about -900 to -700 HU); pure gas (-1000 HU: bowel, padding) is left out
     "lung_hu": (-950.0, -600.0),
     "min_slice_lung_fraction": 0.10,  # a slice "has lung" when at least 10% of its body cross-section is lung
-    "min_lung_slice_fraction": 0.4,  # a chest CT: lung in at least 40% of the slices that contain body
+    "min_lung_slice_fraction": 0.4,  # a chest CT: lung in at least 40% of the slices that contain body ...
+    # ... or lung-like air in at least 2% of the body volume: a chest whose lungs are largely filled (consolidation,
+    # effusion, atelectasis) has lung in fewer slices but keeps 4-9% of its volume lung-like (docs/limits_and_checks.md)
+    "min_lung_fraction": 0.02,
     "min_body_fraction": 0.02,  # the body must cover 2% of the field of view (else: empty / not a CT of a patient)
 }
 
@@ -184,12 +187,13 @@ def chest_ct_check(volume: Any, **load_kwargs: Any) -> ChestCTCheck:
     if slices_with_body == 0:
         return ChestCTCheck(plausible=False, reason="no slice contains a body outline (> -400 HU over at least 2% of "
                             "the field of view): not a CT of a patient, or not in HU", **common)  # fmt: skip
-    need = limits["min_lung_slice_fraction"]
-    if lung_slices < need:
-        return ChestCTCheck(plausible=False, reason=f"lung-like air in {lung_slices:.0%} of the slices (< {need:.0%}): "
-                            "not a chest CT (head, abdomen, limb?)", **common)  # fmt: skip
-    return ChestCTCheck(plausible=True, reason=f"lung-like air in {lung_slices:.0%} of the slices (>= {need:.0%})",
-                        **common)  # fmt: skip
+    need, need_volume = limits["min_lung_slice_fraction"], limits["min_lung_fraction"]
+    if lung_slices < need and lung_fraction < need_volume:
+        return ChestCTCheck(plausible=False, reason=f"lung-like air in {lung_slices:.0%} of the slices (< {need:.0%}) "
+                            f"and {lung_fraction:.1%} of the body (< {need_volume:.0%}): not a chest CT (head, abdomen, "
+                            "limb?)", **common)  # fmt: skip
+    return ChestCTCheck(plausible=True, reason=f"lung-like air in {lung_slices:.0%} of the slices (>= {need:.0%}) or "
+                        f"{lung_fraction:.1%} of the body (>= {need_volume:.0%})", **common)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- radiograph check

