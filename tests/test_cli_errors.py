@@ -91,6 +91,10 @@ CASES = [
     pytest.param("space", ["{root}/out_space1", "--model", "{missing}"], "missing", id="space-missing"),
     pytest.param("space", ["{root}/out_space2", "--model", "{empty_dir}"], "empty_dir", id="space-empty"),
     pytest.param("space", ["{a_file.txt}", "--model", "{model}"], "a_file.txt", id="space-out-file"),
+    # demo-assets MODEL --data PRE
+    pytest.param("demo-assets", ["{missing}", "--data", "{data}"], "missing", id="demo-assets-missing"),
+    pytest.param("demo-assets", ["{empty_config}", "--data", "{data}"], "empty_config", id="demo-assets-empty-config"),
+    pytest.param("demo-assets", ["{model}", "--data", "{empty_dir}"], "empty_dir", id="demo-assets-empty-data"),
     # preprocess DATA_ROOT OUT
     pytest.param("preprocess", ["{missing}", "{root}/out_pre"], "missing", id="preprocess-missing"),
     pytest.param("preprocess", ["{empty_dir}", "{root}/out_pre"], "empty_dir", id="preprocess-empty"),

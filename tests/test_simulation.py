@@ -256,8 +256,30 @@ def test_absurd_header_spacing_is_a_value_error_naming_the_file_before_allocatin
     nib.save(nib.Nifti1Image(array, np.diag([spacing_mm] * 3 + [1.0])), path)
     tracemalloc.start()
     try:
-        with pytest.raises(ValueError, match=r"absurd_spacing\.nii\.gz: .*more than the budget max_pixels"):
+        # The reader refuses spacings outside the plausible CT range first; within it, the simulation's own budget.
+        with pytest.raises(ValueError, match=r"absurd_spacing\.nii\.gz: .*(more than the budget max_pixels|outside "
+                                             r"the plausible CT range)"):
             simulate_cxr(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB traced before the error"
+
+
+def test_simulation_budget_on_a_volume_with_coarse_but_plausible_spacing():
+    """60 mm voxels are inside the reader's plausible range, yet the 48^3 CT spans 2.9 m (a 2880^2 image at 1 mm):
+    over a budget of 4 M pixels, the simulation refuses the image from the geometry before it allocates it."""
+    import tracemalloc
+
+    from x2ctclip.processors.volume_io import CTVolume
+
+    array = np.full((48, 48, 48), -1000, np.int16)
+    array[10:38, 10:38, 10:38] = 40
+    volume = CTVolume(array, (60.0, 60.0, 60.0), source="coarse.nii.gz")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"coarse\.nii\.gz: .*more than the budget max_pixels"):
+            simulate_cxr(volume, max_pixels=4_000_000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
