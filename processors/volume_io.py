@@ -551,14 +551,21 @@ def _float_to_float32(array: np.ndarray, slope: float, intercept: float) -> np.n
 
 
 # ------------------------------------------------------------------------------------------------------------- DICOM
+#: Slice files are parsed from their bytes in memory: pydicom reading an open file allocates a buffer of an element's
+#: claimed length before reading it (a corrupt 2 KB file can claim gigabytes); from memory it reads at most the file.
+DICOM_MAX_SLICE_BYTES = 256 << 20
+
+
 def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     found = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.stat().st_size > DICOM_MAX_SLICE_BYTES:
+            continue  # no single-frame CT slice is this large (a NIfTI or an archive beside the series)
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(io.BytesIO(path.read_bytes()), stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError):
             continue  # not DICOM (e.g. DICOMDIR side files, .DS_Store); truncated ones are caught when read fully
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
@@ -670,7 +677,7 @@ def read_dicom_series(
     data = None
     for index, (path, _) in enumerate(slices):
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
             pixels = ds.pixel_array
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
             raise ValueError(f"{path}: cannot read pixel data ({type(exc).__name__}: {exc}).") from None

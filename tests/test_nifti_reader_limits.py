@@ -173,3 +173,50 @@ def test_dicom_rescale_slope_that_is_not_a_number_names_the_file(tmp_path):
     ds.save_as(victim)
     with pytest.raises(ValueError, match=rf"{victim.name}: RescaleSlope is 'x', not a number"):
         V.load_ct(folder)
+
+
+def test_dicom_series_slice_claiming_gigabytes_is_refused_with_bounded_memory(tmp_path):
+    """A CT series whose last slice claims 4 GB of pixel data (one edited length field): the reader parses slices from
+    their bytes in memory, so the claim costs no allocation (an open file's read of the claimed length would allocate
+    it first); the slice then reads as what the file holds, or is refused naming it."""
+    import struct
+    import tracemalloc
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from x2ctclip.processors.volume_io import read_dicom_series
+
+    source = get_testdata_file("CT_small.dcm", download=False)
+    if source is None:
+        pytest.skip("needs pydicom-data")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for index in range(3):
+        ds = pydicom.dcmread(source)
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [position[0], position[1], position[2] + 5.0 * index]
+        ds.InstanceNumber = index + 1
+        ds.save_as(folder / f"slice{index}.dcm")
+    victim = folder / "slice2.dcm"
+    raw = bytearray(victim.read_bytes())
+    at = raw.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    assert at > 0
+    vr = bytes(raw[at + 4 : at + 6])
+    if vr in (b"OW", b"OB"):  # explicit VR: 2 reserved bytes, then a 4-byte length
+        struct.pack_into("<I", raw, at + 8, 0xFFFFFFF0)
+    else:  # implicit VR: a 4-byte length right after the tag
+        struct.pack_into("<I", raw, at + 4, 0xFFFFFFF0)
+    victim.write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        try:
+            volume = read_dicom_series(folder)
+        except ValueError as error:
+            assert "slice2.dcm" in str(error), error
+        else:
+            assert volume.shape[0] == 3
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB traced"
