@@ -31,7 +31,12 @@ def space(tmp_path_factory):
     model, processor = tiny_model_and_processor(seed=5)
     folder = hub.save_for_hub(model, processor, root / "x2ctclip-tiny",
                               training_info={"base_models": ["microsoft/swin-tiny-patch4-window7-224"]})
-    assert cli_main(["space", str(root / "space"), "--model", str(folder)]) == 0
+    # The wheel is built from this checkout (the tests' parent folder), so the test holds for an installed x2ctclip too
+    # (CI installs it non-editable), where `x2ctclip space` without --wheel has no source tree to build from.
+    from x2ctclip.train.space import build_wheel
+
+    wheel = build_wheel(root / "wheelhouse", Path(__file__).resolve().parents[1])
+    assert cli_main(["space", str(root / "space"), "--model", str(folder), "--wheel", str(wheel)]) == 0
     return root / "space"
 
 

@@ -124,10 +124,17 @@ def build_space(out_dir: str | os.PathLike, model: str, *, wheel: str | os.PathL
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ValueError(f"{out_dir}: exists and is not an empty folder (pass --overwrite to replace it).")
-    if not (DEMO_DIR / "app.py").is_file():
-        # The demo files ship with the source tree, not inside the wheel.
-        raise ValueError(f"{DEMO_DIR}: no demo app here; run x2ctclip space from a source checkout of x2ctclip.")
     model_path = Path(model)
+    if not model_path.exists() and not _is_hub_id(model):
+        raise ValueError(f"{model}: neither a model folder nor a Hub id ('owner/name').")
+    if model_path.exists() and not (model_path / "config.json").is_file():
+        raise ValueError(f"{model_path}: not a model folder (no config.json).")
+    if not (DEMO_DIR / "app.py").is_file():
+        # A source checkout has spaces_demo/ beside train/; an installed wheel ships it as x2ctclip/spaces_demo/.
+        raise ValueError(f"{DEMO_DIR}: no demo app here (a broken install?); reinstall x2ctclip.")
+    if wheel is None and not (REPO_ROOT / "pyproject.toml").is_file():
+        raise ValueError(f"{REPO_ROOT}: an installed x2ctclip, not a source checkout, so no wheel can be built from it: "
+                         "pass --wheel WHL (the x2ctclip wheel to ship in the Space).")
     if model_path.exists():
         if not (model_path / "config.json").is_file():
             raise ValueError(f"{model_path}: not a model folder (no config.json).")
