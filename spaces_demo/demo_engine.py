@@ -374,6 +374,16 @@ class CTResult:
 
 
 # ------------------------------------------------------------------------------------------------------ engine
+
+def _read_json_file(path: Path) -> Any:
+    """The JSON in ``path`` (``{}`` when the file is absent); unreadable JSON is a ValueError naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error}).") from None
+
 class DemoEngine:
     """Loads an X2CT-CLIP model folder once and serves the demo's requests.
 
@@ -453,13 +463,7 @@ class DemoEngine:
             ) from None
 
     def _load_assets(self) -> dict[str, Any]:
-        path = self.model_dir / ASSETS_FILE
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not readable JSON ({error}).") from None
+        data = _read_json_file(self.model_dir / ASSETS_FILE)
         return data if isinstance(data, dict) else {}
 
     def _load_calibration(self) -> dict[str, Any]:
@@ -468,10 +472,7 @@ class DemoEngine:
         path = self.model_dir / CALIBRATION_FILE
         if not path.is_file():
             return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not readable JSON ({error}).") from None
+        data = _read_json_file(path)
         per_tower = data if isinstance(data, dict) and set(data) <= {"cxr", "ct"} and data else {"cxr": data}
         calibrators = {}
         for tower, entry in per_tower.items():

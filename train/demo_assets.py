@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +37,11 @@ DEFAULT_ACCEPT_SHARE = 0.975
 
 def save_latents(path: str | os.PathLike, name: str, latents: torch.Tensor, metadata: dict[str, str]) -> Path:
     """Write ``{name: latents}`` with string ``metadata`` to a safetensors file, atomically (temp name + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({name: latents.detach().float().contiguous().cpu()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from .evaluate_model import write_atomic
+
+    return write_atomic(Path(path), save({name: latents.detach().float().contiguous().cpu()}, metadata=metadata))
 
 
 def _describe_distribution(data: Path, source: dict[str, Any]) -> str:
