@@ -13,7 +13,7 @@ process, alternating, on the same synthetic set (``x2ctclip make-synthetic`` -> 
 Printed per preset: milliseconds per step (median of ``--steps`` after ``--warmup`` steps), split into data
 (reading + processors) and model (forward + backward + step), the ratio, and a check that both give the same loss
 on the same batch (the cache holds exactly the frozen towers' latents). Presets are the trainer's
-(:data:`x2ctclip.train.config.CT_PRESETS` etc.): ``tiny`` (CT 8 x 16 x 16, Swin 32 x 32, 1-layer BERT) by default,
+(:data:`x2ctclip.train.training.config.CT_PRESETS` etc.): ``tiny`` (CT 8 x 16 x 16, Swin 32 x 32, 1-layer BERT) by default,
 ``small`` (the quickstart's: CT 32 x 64 x 64, ResNet 64 x 64) with ``--preset small``.
 
 Usage: ``python benchmarks/bench_cached_training.py [--preset tiny] [--batch-size 8] [--steps 20]``
@@ -34,11 +34,11 @@ import torch
 
 from x2ctclip import X2CTCLIPConfig, X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, build_wordpiece_tokenizer, tokenize_reports
-from x2ctclip.train import data as D
-from x2ctclip.train.config import CT_PRESETS, CXR_PRESETS, TEXT_PRESETS
-from x2ctclip.train.embedding_cache import cache_embeddings
-from x2ctclip.train.preprocess import preprocess_ct_rate
-from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+from x2ctclip.train.data.folders import ct_values_from_ct, load_embedding_cache, load_preprocessed
+from x2ctclip.train.training.config import CT_PRESETS, CXR_PRESETS, TEXT_PRESETS
+from x2ctclip.train.data.embedding_cache import cache_embeddings
+from x2ctclip.train.data.preprocess import preprocess_ct_rate
+from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
 #: Synthetic chests of (D, H, W) voxels span roughly 330 x 380 x 380 mm; the grid spacing keeps them whole.
 EXTENT_MM = (330.0, 380.0, 380.0)
@@ -53,7 +53,7 @@ def _setup(preset: str, workdir: Path, scans: int):
                                seed=0, recons=2, progress=False)
     spacing = tuple(e / n for e, n in zip(EXTENT_MM, shape))
     preprocess_ct_rate(root, out, splits=("train",), shape=shape, spacing=spacing, cxr_size=cxr_size, progress=False)
-    reports = [str(r) for r in D.load_preprocessed(out, "train", columns=["report"])["report"]]
+    reports = [str(r) for r in load_preprocessed(out, "train", columns=["report"])["report"]]
     tokenizer = build_wordpiece_tokenizer(reports, vocab_size=text["vocab_size"], model_max_length=text["max_position_embeddings"])
     text["vocab_size"] = len(tokenizer)
     torch.manual_seed(0)
@@ -79,9 +79,9 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         model, tokenizer, image_processor, out, cache_dir = _setup(args.preset, workdir, args.scans)
         print(f"setup (synthetic set, preprocess, cache-embeddings): {time.perf_counter() - t:.1f} s")
-        rows = D.load_preprocessed(out, "train", columns=["cxr", "ct", "report"])
-        cxr_rows = D.load_preprocessed(out, "train", columns=["cxr"])
-        cache = D.load_embedding_cache(cache_dir, "train")
+        rows = load_preprocessed(out, "train", columns=["cxr", "ct", "report"])
+        cxr_rows = load_preprocessed(out, "train", columns=["cxr"])
+        cache = load_embedding_cache(cache_dir, "train")
         max_length = min(512, model.config.text_config.max_position_embeddings)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=1e-4)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             batch = rows[indices]
             pixel_values = image_processor(list(batch["cxr"]), return_tensors="pt")["pixel_values"]
-            ct_values = D.ct_values_from_ct(batch["ct"])
+            ct_values = ct_values_from_ct(batch["ct"])
             tokens = tokenize_reports(tokenizer, [str(r) for r in batch["report"]], max_length=max_length)
             t1 = time.perf_counter()
             loss = model(pixel_values=pixel_values, ct_values=ct_values, input_ids=tokens["input_ids"],
@@ -155,7 +155,7 @@ def _loss_only(model, rows, indices, image_processor, tokenizer, max_length) -> 
     with torch.no_grad():
         return float(model(
             pixel_values=image_processor(list(batch["cxr"]), return_tensors="pt")["pixel_values"],
-            ct_values=D.ct_values_from_ct(batch["ct"]),
+            ct_values=ct_values_from_ct(batch["ct"]),
             **{k: v for k, v in tokenize_reports(tokenizer, [str(r) for r in batch["report"]], max_length=max_length).items()},
             return_loss=True,
         ).loss)

@@ -47,7 +47,7 @@ def _window(hu: np.ndarray, lo: float = -1000.0, hi: float = 400.0) -> np.ndarra
 
 def held_out_files(data: Path, n: int, folder: Path) -> list[Path]:
     """The first ``n`` test-split simulated CXRs as PNG files."""
-    from x2ctclip.train.data import load_preprocessed
+    from x2ctclip.train.data.folders import load_preprocessed
 
     test = load_preprocessed(data, "test").with_format("numpy", columns=["cxr"], dtype=None)
     return [_png(folder / f"test_{i:04d}.png", test[i]["cxr"]) for i in range(min(n, len(test)))]
@@ -89,7 +89,7 @@ def lateral_files(data: Path, folder: Path, n: int) -> list[Path]:
     import torch
 
     from x2ctclip.processors.simulation import simulate_cxr_batch
-    from x2ctclip.train.data import PREPROCESS_CONFIG, load_preprocessed, read_folder_config
+    from x2ctclip.train.data.folders import PREPROCESS_CONFIG, load_preprocessed, read_folder_config
 
     spacing = read_folder_config(data, PREPROCESS_CONFIG)["spacing"]
     test = load_preprocessed(data, "test").with_format("numpy", columns=["ct"], dtype=None)

@@ -3,15 +3,15 @@
 The original pattern (CT-CLIP's and X2CT-CLIP's training loaders) decodes one ``.nii.gz`` per ``__getitem__`` as
 float64 with nibabel and resamples it to the model grid (``ctclip_reference_preprocess`` of
 ``bench_volume_processor.py``, a faithful re-implementation). The preprocessed pattern reads one int16 row of a
-memory-mapped shard (:func:`x2ctclip.train.data.load_preprocessed`) and turns it into ``ct_values`` float32
-(:func:`x2ctclip.train.data.preprocessed_collator`). Both feed the same ``torch.utils.data.DataLoader`` (batch 1,
+memory-mapped shard (:func:`x2ctclip.train.data.folders.load_preprocessed`) and turns it into ``ct_values`` float32
+(:func:`x2ctclip.train.data.folders.preprocessed_collator`). Both feed the same ``torch.utils.data.DataLoader`` (batch 1,
 0 and 2 worker processes), in this process, over the same synthetic CT-RATE set (``x2ctclip make-synthetic``).
 
 Printed:
 
 1. volumes/s with 0 and 2 workers (best of ``--repeats`` full passes; worker start-up included) of three loaders,
    each consumer summing every voxel: A the original pattern, B ``load_preprocessed`` rows through
-   ``preprocessed_collator`` (ct_values float32 made in the loader), C :func:`x2ctclip.train.data.read_ct` int16
+   ``preprocessed_collator`` (ct_values float32 made in the loader), C :func:`x2ctclip.train.data.folders.read_ct` int16
    rows (the float32 conversion left to the consumer, which on a GPU costs about a millisecond), and the ratios;
 2. per-volume cost of *reading* a CT: decoding a ``.nii.gz`` (nibabel float64, and this project's igzip reader)
    against reading one preprocessed row, on the synthetic volumes and on one CT-RATE-sized 512 x 512 x 300 phantom
@@ -40,9 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_volume_processor import ctclip_reference_preprocess, make_phantom  # noqa: E402
 
-from x2ctclip.train import data as D  # noqa: E402
-from x2ctclip.train.preprocess import preprocess_ct_rate  # noqa: E402
-from x2ctclip.train.synthetic import generate_synthetic_ct_rate  # noqa: E402
+from x2ctclip.train.data.folders import ct_values_from_ct, load_preprocessed, preprocessed_collator, read_ct  # noqa: E402
+from x2ctclip.train.data.tables import ct_rate_table, read_ct_rate_volume  # noqa: E402
+from x2ctclip.train.data.preprocess import preprocess_ct_rate  # noqa: E402
+from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate  # noqa: E402
 
 
 class NiftiPerItemDataset(torch.utils.data.Dataset):
@@ -63,7 +64,7 @@ class NiftiPerItemDataset(torch.utils.data.Dataset):
 
 
 class ZeroCopyCT(torch.utils.data.Dataset):
-    """Preprocessed rows through :func:`x2ctclip.train.data.read_ct`: int16 views of the memory map (the float32
+    """Preprocessed rows through :func:`x2ctclip.train.data.folders.read_ct`: int16 views of the memory map (the float32
     conversion is left to the consumer, e.g. on the GPU)."""
 
     def __init__(self, dataset):
@@ -77,7 +78,7 @@ class ZeroCopyCT(torch.utils.data.Dataset):
 
         with warnings.catch_warnings():  # a read-only view of the file: only read
             warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(D.read_ct(self.dataset, index))[None]
+            return torch.from_numpy(read_ct(self.dataset, index))[None]
 
 
 def _first(batch):
@@ -120,10 +121,10 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         preprocess_ct_rate(root, out, splits=("train",), shape=args.shape, spacing=args.spacing, progress=False)
         print(f"preprocess once: {time.perf_counter() - t:.1f} s")
-        table = D.ct_rate_table(root, "train")
+        table = ct_rate_table(root, "train")
         baseline = NiftiPerItemDataset(root, table, args.spacing, args.shape)
-        shards = D.load_preprocessed(out, "train", columns=["ct"])
-        collate = D.preprocessed_collator(keep=())
+        shards = load_preprocessed(out, "train", columns=["ct"])
+        collate = preprocessed_collator(keep=())
 
         print(f"\n1. DataLoader throughput, batch 1, {len(baseline)} volumes -> {tuple(args.shape)} float32, "
               f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
 
         first = table.iloc[0]
         nii = root / first["path"]
-        rows = D.load_preprocessed(out, "train", columns=["ct"])
+        rows = load_preprocessed(out, "train", columns=["ct"])
 
         def timed(fn, repeats=3):
             best = math.inf
@@ -155,8 +156,8 @@ def main(argv=None) -> int:
             return best * 1e3
 
         nib_ms = timed(lambda: nib.load(str(nii)).get_fdata())
-        own_ms = timed(lambda: D.read_ct_rate_volume(str(nii)).array.sum())
-        row_ms = timed(lambda: D.read_ct(rows, 0).sum())
+        own_ms = timed(lambda: read_ct_rate_volume(str(nii)).array.sum())
+        row_ms = timed(lambda: read_ct(rows, 0).sum())
         print(f"   synthetic {tuple(args.source_shape)}: nibabel float64 {nib_ms:.1f} ms, igzip reader {own_ms:.1f} ms; "
               f"its preprocessed row {tuple(args.shape)} with read_ct {row_ms:.1f} ms (a larger grid than the source)")
 
@@ -170,15 +171,15 @@ def main(argv=None) -> int:
         preprocess_ct_rate(phantom_root, phantom_out, splits=("train",), shape=args.shape, spacing=args.spacing,
                            progress=False)
         path = folder / f"{name}.nii.gz"
-        phantom_rows = D.load_preprocessed(phantom_out, "train", columns=["ct"])
+        phantom_rows = load_preprocessed(phantom_out, "train", columns=["ct"])
         nib_ms = timed(lambda: nib.load(str(path)).get_fdata())
-        own_ms = timed(lambda: D.read_ct_rate_volume(str(path), slope=1.0, intercept=-1024.0, xy_spacing=0.7,
+        own_ms = timed(lambda: read_ct_rate_volume(str(path), slope=1.0, intercept=-1024.0, xy_spacing=0.7,
                                                      z_spacing=1.0).array.sum())
         full_ms = timed(lambda: ctclip_reference_preprocess(path, 1.0, -1024.0, 0.7, 1.0, target_spacing=tuple(args.spacing),
                                                             target_shape=tuple(args.shape)), repeats=1)
         row_ms = timed(lambda: phantom_rows[0]["ct"].sum())
-        view_ms = timed(lambda: D.read_ct(phantom_rows, 0).sum())
-        values_ms = timed(lambda: D.ct_values_from_ct(D.read_ct(phantom_rows, 0)))
+        view_ms = timed(lambda: read_ct(phantom_rows, 0).sum())
+        values_ms = timed(lambda: ct_values_from_ct(read_ct(phantom_rows, 0)))
         print(f"   CT-RATE-sized phantom 512 x 512 x 300 ({path.stat().st_size / 2**20:.0f} MB .nii.gz): "
               f"nibabel float64 decode {nib_ms:.0f} ms, igzip reader {own_ms:.0f} ms, original decode + resample "
               f"{full_ms:.0f} ms;")

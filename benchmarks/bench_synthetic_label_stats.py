@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {OUT}")
 
     from x2ctclip import CT_RATE_FINDINGS
-    from x2ctclip.train.synthetic_findings import sample_labels
+    from x2ctclip.train.synthetic.findings import sample_labels
 
     rng = np.random.default_rng(0)
     draws = sample_labels(rng, args.draws).astype(np.float64)  # int8 products would overflow

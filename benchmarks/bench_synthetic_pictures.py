@@ -63,7 +63,7 @@ def cxr(volume: np.ndarray, spacing) -> np.ndarray:
 
 def render(name: str | None, seed: int, shape, labels_from=None):
     from x2ctclip import CT_RATE_FINDINGS
-    from x2ctclip.train.synthetic import make_study
+    from x2ctclip.train.synthetic.study import make_study
 
     labels = np.zeros(len(CT_RATE_FINDINGS), dtype=np.int8)
     if name is not None:

@@ -5,7 +5,7 @@ For each of the 18 CT-RATE labels a TF-IDF + logistic regression classifier is t
 CT-RATE reports in ``../shared/data/ct_rate_reports/train.csv``. It also prints the fraction of real-report word tokens
 whose word occurs in the generated vocabulary. No real text is used for training and none is written anywhere.
 
-Generating reports needs no volumes: :func:`x2ctclip.train.synthetic.plan_study` draws labels, finding details and
+Generating reports needs no volumes: :func:`x2ctclip.train.synthetic.study.plan_study` draws labels, finding details and
 the report (a few milliseconds per study).
 
 Usage::
@@ -29,7 +29,8 @@ TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 
 
 def generated_reports(n: int, seed: int = 0):
-    from x2ctclip.train.synthetic import _split_scans, plan_study
+    from x2ctclip.train.synthetic.writer import _split_scans
+    from x2ctclip.train.synthetic.study import plan_study
 
     texts, labels = [], []
     for patient, scan in _split_scans(seed, "train", n):  # patients and follow-up scans as in the data set

@@ -1,7 +1,7 @@
 """Generation speed of the synthetic CT-RATE set (the claim: 400 studies at 96 x 128 x 128 in under 2 minutes on
 2 cores), with the single-process run as baseline in the same process.
 
-Runs :func:`x2ctclip.train.synthetic.generate_synthetic_ct_rate` (what ``x2ctclip make-synthetic`` runs) into a
+Runs :func:`x2ctclip.train.synthetic.writer.generate_synthetic_ct_rate` (what ``x2ctclip make-synthetic`` runs) into a
 temporary folder: first ``--baseline`` studies with 1 worker, then ``--n`` studies with ``--workers`` workers, and
 prints wall time, CPU time (this process and its workers), studies per second, the speed-up and the load average
 of the machine (other processes compete for the same cores, so the load is part of the measurement).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def timed(out: Path, n: int, workers: int, shape, recons: int) -> tuple[float, float]:
-    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+    from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     t0, c0 = time.perf_counter(), os.times()
     n_valid = n // 10

@@ -35,7 +35,7 @@ def _features(args):
     seed, shape, prior = args
     from x2ctclip import CT_RATE_FINDINGS
     from x2ctclip.processors import simulate_cxr
-    from x2ctclip.train.synthetic import make_study
+    from x2ctclip.train.synthetic.study import make_study
 
     labels = None
     if prior == "independent":

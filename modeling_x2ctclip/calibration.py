@@ -1,6 +1,6 @@
 """Applying a per-finding calibration stored in a model config (``config.calibration``); fitting lives elsewhere.
 
-The schema is the one ``x2ctclip.train.calibration.Calibrator.to_dict()`` writes (``x2ctclip evaluate calibrate``)::
+The schema is the one ``x2ctclip.train.evaluation.calibration.Calibrator.to_dict()`` writes (``x2ctclip evaluate calibrate``)::
 
     {"format_version": 1, "method": "temperature" | "platt" | "identity", "slope": [F], "intercept": [F],
      "thresholds": [F] (null entries: no threshold), "threshold_method": "youden" | ..., "finding_names": [F]}

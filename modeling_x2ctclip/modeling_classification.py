@@ -12,7 +12,7 @@ transformers ``image-classification`` pipeline (sigmoid scores for multi-label p
 binary cross-entropy with logits over the annotated labels (``NaN`` labels are left out).
 
 ``config.calibration`` (optional) holds a per-finding calibration in the format of
-``x2ctclip.train.calibration.Calibrator.to_dict()`` (written by ``x2ctclip evaluate calibrate``)::
+``x2ctclip.train.evaluation.calibration.Calibrator.to_dict()`` (written by ``x2ctclip evaluate calibrate``)::
 
     {"format_version": 1, "method": "temperature" | "platt" | "identity", "slope": [F], "intercept": [F],
      "thresholds": [F] (null = no threshold), "threshold_method": "youden" | ..., "finding_names": [F]}

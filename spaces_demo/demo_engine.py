@@ -11,12 +11,12 @@
 
 Files the engine reads from the model folder, besides the weights, config and processor (all optional):
 
-- ``calibration.json``: a :class:`x2ctclip.train.calibration.Calibrator` dict (``Calibrator.to_dict()``) for the
+- ``calibration.json``: a :class:`x2ctclip.train.evaluation.calibration.Calibrator` dict (``Calibrator.to_dict()``) for the
   CXR zero-shot logits, or ``{"cxr": {...}, "ct": {...}}`` with one calibrator per tower.
 - ``report_gallery.safetensors``: cached report latents for retrieval (:class:`ReportGallery`).
 - ``cxr_reference.safetensors``: CXR latents of in-distribution radiographs for the input check
   (:class:`LatentReference`); without it, the reference is computed at start-up from CXRs simulated from synthetic
-  chest CT phantoms (:mod:`x2ctclip.train.synthetic`).
+  chest CT phantoms (:mod:`x2ctclip.train.synthetic.writer`).
 
 Limits on uploads are in :class:`Limits`; every refusal is an :class:`InputError` with a message meant for the
 person who uploaded the file. Inference runs in ``torch.inference_mode`` except the saliency pass, which takes the
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from x2ctclip.train.demo_assets import ASSETS_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents  # noqa: F401
+from x2ctclip.train.hub.demo_assets import ASSETS_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents  # noqa: F401
 
 logger = logging.getLogger("x2ctclip.demo")
 
@@ -234,7 +234,7 @@ def _load_latents(path: Path, name: str) -> tuple[torch.Tensor, dict[str, str]]:
 @dataclass
 class ReportGallery:
     """Report latents for retrieval: the reports most similar to a query latent by cosine similarity (the dot
-    product of L2-normalised latents, as ``x2ctclip.train.retrieval`` ranks them).
+    product of L2-normalised latents, as ``x2ctclip.train.evaluation.retrieval`` ranks them).
 
     Attributes:
         embeds: ``(N, D)`` float32, L2-normalised. reports: N report texts. names: N identifiers. source: origin.
@@ -467,7 +467,7 @@ class DemoEngine:
         return data if isinstance(data, dict) else {}
 
     def _load_calibration(self) -> dict[str, Any]:
-        from x2ctclip.train.calibration import Calibrator
+        from x2ctclip.train.evaluation.calibration import Calibrator
 
         path = self.model_dir / CALIBRATION_FILE
         if not path.is_file():
@@ -1004,11 +1004,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def simulate_phantom_cxrs(n: int, shape: tuple[int, int, int] = (64, 128, 128), seed: int = 4321) -> list[np.ndarray]:
     """``n`` frontal CXRs (mean projection, [0, 1]) simulated from synthetic chest CT phantoms
-    (:func:`x2ctclip.train.synthetic.make_study`, CT-RATE-like findings drawn at random)."""
+    (:func:`x2ctclip.train.synthetic.study.make_study`, CT-RATE-like findings drawn at random)."""
     from tqdm.auto import tqdm
 
     from x2ctclip.processors.simulation import simulate_cxr
-    from x2ctclip.train.synthetic import make_study
+    from x2ctclip.train.synthetic.study import make_study
 
     images = []
     for patient in tqdm(range(n), desc="reference phantoms", unit="CT", disable=n < 4):

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModel, ResNetConfig, ResNetModel
 
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.assembly import assemble_x2ctclip, convert_cxrclip_state_dict, torchvision_resnet_to_hf
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.cli.app import main as cli_main
 from tiny_configs import TINY_RESNET, TINY_SWIN, tiny_config
 
 

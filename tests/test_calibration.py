@@ -1,4 +1,4 @@
-"""Calibration (x2ctclip.train.calibration): fits vs scipy / scikit-learn, thresholds, ECE, diagrams, Calibrator."""
+"""Calibration (x2ctclip.train.evaluation.calibration): fits vs scipy / scikit-learn, thresholds, ECE, diagrams, Calibrator."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from x2ctclip.train.calibration import (
+from x2ctclip.train.evaluation.calibration import (
     Calibrator,
     expected_calibration_error,
     fit_platt,

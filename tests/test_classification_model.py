@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoModelForImageClassification, pipeline
 
 from x2ctclip import CT_RATE_FINDINGS, X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor
-from x2ctclip.train.calibration import Calibrator
+from x2ctclip.train.evaluation.calibration import Calibrator
 
 
 def _pixels(n=4, seed=0):

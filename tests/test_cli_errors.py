@@ -15,7 +15,7 @@ import sys
 import pytest
 from scripts.eval_fixtures import make_model, make_preprocessed
 
-from x2ctclip.train import cli
+from x2ctclip.train.cli import app as cli
 
 
 
@@ -230,7 +230,7 @@ def test_error_line_folds_messages_and_names_files():
 
 def test_programming_errors_keep_their_traceback(monkeypatch):
     """A TypeError inside a command is a bug, not bad input: it is not turned into a polite line."""
-    from x2ctclip.train import cmd_push
+    from x2ctclip.train.cli import push as cmd_push
 
     def broken(args):
         raise TypeError("a bug")
@@ -256,7 +256,7 @@ def test_what_the_user_sees_in_a_subprocess(paths, argv, names):
 
 
 def test_empty_config_json_is_one_clear_line(paths):
-    from x2ctclip.train.evaluate_model import load_model
+    from x2ctclip.train.evaluation.models import load_model
 
     with pytest.raises(ValueError, match=r"empty_config/config\.json: not an X2CT-CLIP model config \(model_type "
                                          r"None, expected 'x2ctclip'\)"):  # fmt: skip

@@ -22,7 +22,7 @@ from x2ctclip.convert_ctclip import (
     load_ctclip_config_json,
     plan_ctclip_conversion,
 )
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.cli.app import main as cli_main
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ctclip"
 TINY_WEIGHTS = REFERENCE / "ctclip_tiny.ctclip_state_dict.safetensors"

@@ -18,10 +18,14 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from x2ctclip.processors import X2CTCLIPVolumeProcessor
 from x2ctclip.processors.volume_io import ct_rate_affine, load_ct, volume_from_array
-from x2ctclip.train import data as D
-from x2ctclip.train import preprocess as P
-from x2ctclip.train import synthetic as S
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.data.release import CT_RATE_NO_CHEST, CT_RATE_TABLES, parse_volume_name, resolve_release, volume_folder, volume_stem
+from x2ctclip.train.data.folders import PREPROCESS_CONFIG, load_preprocessed
+from x2ctclip.train.data.tables import ct_rate_table, read_ct_rate_volume
+from x2ctclip.train.data.streaming import stream_ct_rate
+from x2ctclip.train.data import preprocess as P
+from x2ctclip.train.synthetic.writer import SYNTHETIC_CONFIG, generate_synthetic_ct_rate
+from x2ctclip.train.synthetic.study import make_study
+from x2ctclip.train.cli.app import main as cli_main
 
 LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "ct_rate_release_layout.json").read_text())
 TINY = (16, 32, 32)
@@ -34,19 +38,19 @@ def releases(tmp_path_factory):
     """The same synthetic studies written as the corrected and as the first release."""
     base = tmp_path_factory.mktemp("releases")
     for release in ("fixed", "original"):
-        S.generate_synthetic_ct_rate(base / release, n_train=2, n_valid=1, shape=TINY, seed=4, recons=2,
+        generate_synthetic_ct_rate(base / release, n_train=2, n_valid=1, shape=TINY, seed=4, recons=2,
                                      progress=False, release=release)
     return base
 
 
 def test_package_names_are_the_recorded_release_names():
-    assert D.CT_RATE_TABLES == LAYOUT["tables"]
-    assert D.CT_RATE_NO_CHEST == LAYOUT["no_chest"]
+    assert CT_RATE_TABLES == LAYOUT["tables"]
+    assert CT_RATE_NO_CHEST == LAYOUT["no_chest"]
     for release, splits in LAYOUT["volumes"].items():
         for split, paths in splits.items():
             for path in paths:
-                name = D.parse_volume_name(path.rsplit("/", 1)[-1])
-                assert f"{D.volume_folder(split, release)}/{name.relpath.split('/', 1)[1]}" == path
+                name = parse_volume_name(path.rsplit("/", 1)[-1])
+                assert f"{volume_folder(split, release)}/{name.relpath.split('/', 1)[1]}" == path
 
 
 def test_synthetic_tables_use_the_release_headers(releases):
@@ -63,8 +67,8 @@ def test_synthetic_tables_use_the_release_headers(releases):
 
 
 def _true_hu(name: str, shape=TINY, seed=4):
-    parsed = D.parse_volume_name(name)
-    study = S.make_study(seed, shape, n_recons=2, split=parsed.split, patient=int(parsed.patient),
+    parsed = parse_volume_name(name)
+    study = make_study(seed, shape, n_recons=2, split=parsed.split, patient=int(parsed.patient),
                          scan=ord(parsed.scan) - ord("a"))
     r = int(parsed.recon) - 1
     return volume_from_array(study.volumes[r], spacing=study.spacings[r])
@@ -75,12 +79,12 @@ def test_preprocessed_rows_equal_the_volume_processor(releases, tmp_path, releas
     root = releases / release
     out = tmp_path / "pre"
     P.preprocess_ct_rate(root, out, **dict(shape=SHAPE, spacing=SPACING), cxr_size=CXR, progress=False)
-    config = json.loads((out / D.PREPROCESS_CONFIG).read_text())
+    config = json.loads((out / PREPROCESS_CONFIG).read_text())
     assert config["release"] == "auto" and {config["splits"][s]["release"] for s in ("train", "valid")} == {release}
     processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE, target_spacing=SPACING)
     for split in ("train", "valid"):
-        table = D.ct_rate_table(root, split)
-        rows = D.load_preprocessed(out, split)
+        table = ct_rate_table(root, split)
+        rows = load_preprocessed(out, split)
         assert rows.num_rows == len(table) == {"train": 4, "valid": 2}[split]
         for row, meta in zip(rows, table.to_dict(orient="records")):
             path = root / meta["path"]
@@ -100,8 +104,8 @@ def test_preprocessed_rows_equal_the_volume_processor(releases, tmp_path, releas
 def test_streamed_rows_equal_the_volume_processor(releases, release):
     root = releases / release
     processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE, target_spacing=SPACING)
-    table = D.ct_rate_table(root, "valid")
-    rows = list(D.stream_ct_rate(root, "valid", volume_processor=processor))
+    table = ct_rate_table(root, "valid")
+    rows = list(stream_ct_rate(root, "valid", volume_processor=processor))
     assert [r["VolumeName"] for r in rows] == list(table["VolumeName"])
     for row, meta in zip(rows, table.to_dict(orient="records")):
         served = load_ct(root / meta["path"]) if release == "fixed" else load_ct(
@@ -112,12 +116,12 @@ def test_streamed_rows_equal_the_volume_processor(releases, release):
 
 def test_both_releases_read_the_same_hu(releases):
     for split in ("train", "valid"):
-        tables = {r: D.ct_rate_table(releases / r, split) for r in ("fixed", "original")}
+        tables = {r: ct_rate_table(releases / r, split) for r in ("fixed", "original")}
         for a, b in zip(tables["fixed"].to_dict(orient="records"), tables["original"].to_dict(orient="records")):
-            fixed = D.read_ct_rate_volume(str(releases / "fixed" / a["path"]), slope=a["slope"],
+            fixed = read_ct_rate_volume(str(releases / "fixed" / a["path"]), slope=a["slope"],
                                           intercept=a["intercept"], xy_spacing=a["xy_spacing"],
                                           z_spacing=a["z_spacing"])
-            original = D.read_ct_rate_volume(str(releases / "original" / b["path"]), slope=b["slope"],
+            original = read_ct_rate_volume(str(releases / "original" / b["path"]), slope=b["slope"],
                                              intercept=b["intercept"], xy_spacing=b["xy_spacing"],
                                              z_spacing=b["z_spacing"])
             # The metadata intercept (-1024 or -8192) is NOT applied to the corrected release: same HU either way.
@@ -130,13 +134,13 @@ def test_release_choice_and_wrong_guess(releases, tmp_path):
     both = tmp_path / "both"
     shutil.copytree(releases / "original", both)
     shutil.copytree(releases / "fixed" / "train_fixed", both / "train_fixed")
-    assert D.resolve_release(both, "train") == "fixed" and D.resolve_release(both, "valid") == "original"
-    assert D.resolve_release(both, "train", "original") == "original"
+    assert resolve_release(both, "train") == "fixed" and resolve_release(both, "valid") == "original"
+    assert resolve_release(both, "train", "original") == "original"
     with pytest.raises(FileNotFoundError, match=r"valid_fixed/: no fixed-release volume folder; found .*/valid/ "
                                                 r"\(--release original\)"):
-        D.ct_rate_table(both, "valid", release="fixed")
+        ct_rate_table(both, "valid", release="fixed")
     with pytest.raises(ValueError, match="release must be one of"):
-        D.ct_rate_table(both, "valid", release="v2")
+        ct_rate_table(both, "valid", release="v2")
     code = cli_main(["preprocess", str(both), str(tmp_path / "out"), "--release", "fixed", "--no-progress"])
     assert code == 2 and not (tmp_path / "out").exists()
 
@@ -145,7 +149,7 @@ def test_double_rescale_is_an_error_naming_the_numbers(releases, tmp_path):
     # A corrected-release file given a blank header by mistake: the metadata intercept then shifts air to -2000 HU.
     root = tmp_path / "bad"
     shutil.copytree(releases / "fixed", root)
-    meta = D.ct_rate_table(root, "valid").iloc[0]
+    meta = ct_rate_table(root, "valid").iloc[0]
     path = root / meta["path"]
     import nibabel as nib
 
@@ -156,22 +160,22 @@ def test_double_rescale_is_an_error_naming_the_numbers(releases, tmp_path):
     nib.save(image, path)
     with pytest.raises(ValueError, match=rf"{path.name}: not plausible HU .*intercept=-\d+.*% of the voxels are air.*"
                                          r"most common value below -500 HU is about -\d{4} HU"):
-        D.read_ct_rate_volume(str(path), slope=meta["slope"], intercept=meta["intercept"],
+        read_ct_rate_volume(str(path), slope=meta["slope"], intercept=meta["intercept"],
                               xy_spacing=meta["xy_spacing"], z_spacing=meta["z_spacing"])
 
 
 def test_no_chest_lists_are_left_out_with_a_count(releases, tmp_path, caplog):
     root = tmp_path / "nochest"
     shutil.copytree(releases / "fixed", root)
-    names = list(D.ct_rate_table(root, "train")["VolumeName"])
+    names = list(ct_rate_table(root, "train")["VolumeName"])
     # Public loaders match the last path component, with or without .nii.gz.
-    (root / LAYOUT["no_chest"]["train"]).write_text(f"train_fixed/x/{names[0]}\n{D.volume_stem(names[1])}\n\n")
+    (root / LAYOUT["no_chest"]["train"]).write_text(f"train_fixed/x/{names[0]}\n{volume_stem(names[1])}\n\n")
     info = {}
     with caplog.at_level("WARNING"):
-        kept = D.ct_rate_table(root, "train", info=info)
+        kept = ct_rate_table(root, "train", info=info)
     assert list(kept["VolumeName"]) == names[2:] and info == {"release": "fixed", "non_chest_excluded": 2}
     assert "2 train volumes are in metadata/no_chest_train.txt" in caplog.text
-    assert list(D.ct_rate_table(root, "train", keep_non_chest=True)["VolumeName"]) == names
+    assert list(ct_rate_table(root, "train", keep_non_chest=True)["VolumeName"]) == names
 
 
 class FakeHubFS(MemoryFileSystem):
@@ -202,7 +206,7 @@ def hub(releases):
     fs = FakeHubFS()
     local = releases / "fixed"
     for path in sorted(local.rglob("*")):
-        if path.is_file() and path.name != S.SYNTHETIC_CONFIG:
+        if path.is_file() and path.name != SYNTHETIC_CONFIG:
             fs.pipe(f"/datasets/ibrahimhamamci/CT-RATE/dataset/{path.relative_to(local).as_posix()}", path.read_bytes())
     yield local
     FakeHubFS.store.clear()
@@ -213,10 +217,10 @@ def hub(releases):
 
 def test_hf_paths_stream_and_preprocess_like_the_local_copy(hub, tmp_path):
     local = hub
-    assert list(D.ct_rate_table(HF_ROOT, "valid")["path"]) == list(D.ct_rate_table(local, "valid")["path"])
+    assert list(ct_rate_table(HF_ROOT, "valid")["path"]) == list(ct_rate_table(local, "valid")["path"])
     processor = X2CTCLIPVolumeProcessor(target_shape=SHAPE, target_spacing=SPACING)
-    remote = list(D.stream_ct_rate(HF_ROOT, "valid", volume_processor=processor))
-    here = list(D.stream_ct_rate(local, "valid", volume_processor=processor))
+    remote = list(stream_ct_rate(HF_ROOT, "valid", volume_processor=processor))
+    here = list(stream_ct_rate(local, "valid", volume_processor=processor))
     assert [r["VolumeName"] for r in remote] == [r["VolumeName"] for r in here] and len(here) == 2
     for a, b in zip(remote, here):
         np.testing.assert_array_equal(np.asarray(a["ct_values"]), np.asarray(b["ct_values"]))
@@ -224,8 +228,8 @@ def test_hf_paths_stream_and_preprocess_like_the_local_copy(hub, tmp_path):
                          cxr_size=CXR, progress=False)
     P.preprocess_ct_rate(local, tmp_path / "local", splits=("valid",), shape=SHAPE, spacing=SPACING,
                          cxr_size=CXR, progress=False)
-    remote_rows = D.load_preprocessed(tmp_path / "remote", "valid")
-    local_rows = D.load_preprocessed(tmp_path / "local", "valid")
+    remote_rows = load_preprocessed(tmp_path / "remote", "valid")
+    local_rows = load_preprocessed(tmp_path / "local", "valid")
     for a, b in zip(remote_rows, local_rows):
         np.testing.assert_array_equal(np.asarray(a["ct"]), np.asarray(b["ct"]))
         assert a["report"] == b["report"]
@@ -235,7 +239,7 @@ def test_hf_missing_table_names_what_was_found(hub):
     FakeHubFS().rm("/datasets/ibrahimhamamci/CT-RATE/dataset/radiology_text_reports/validation_reports.csv")
     with pytest.raises(FileNotFoundError, match=r"validation_reports.csv: the CT-RATE reports table is missing "
                                                 r"\(found instead: train_reports.csv\)"):
-        D.ct_rate_table(HF_ROOT, "valid")
+        ct_rate_table(HF_ROOT, "valid")
 
 
 def test_listed_but_absent_volume_is_refused_before_writing(releases, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""x2ctclip.train.embedding_cache / ``x2ctclip cache-embeddings``: latents equal the towers' outputs, one row per
+"""x2ctclip.train.data.embedding_cache / ``x2ctclip cache-embeddings``: latents equal the towers' outputs, one row per
 volume, resumption after SIGKILL gives the uninterrupted result, and refusals (other model, shapes, tokenizer)."""
 
 import json
@@ -19,10 +19,10 @@ from tiny_configs import TINY_TEXT, tiny_config
 
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.processors import build_wordpiece_tokenizer, tokenize_reports
-from x2ctclip.train import data as D
-from x2ctclip.train import preprocess as P
-from x2ctclip.train.embedding_cache import cache_embeddings
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.data.folders import EMBEDDING_CACHE_CONFIG, PREPROCESS_CONFIG, ct_values_from_ct, load_embedding_cache, load_preprocessed
+from x2ctclip.train.data import preprocess as P
+from x2ctclip.train.data.embedding_cache import cache_embeddings
+from x2ctclip.train.cli.app import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 16, 16)  # the tiny CT tower's input
@@ -30,7 +30,7 @@ SPACING = (40.0, 24.0, 24.0)  # mm: the whole synthetic chest (16 x 32 x 32 voxe
 
 
 def _synthetic(root):
-    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+    from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     generate_synthetic_ct_rate(root, n_train=3, n_valid=2, shape=(16, 32, 32), seed=1, recons=2, progress=False)
 
@@ -56,7 +56,7 @@ def _save_model(folder: Path, reports, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(preprocessed, tmp_path_factory):
-    reports = [str(r) for r in D.load_preprocessed(preprocessed, "train", columns=["report"])["report"]]
+    reports = [str(r) for r in load_preprocessed(preprocessed, "train", columns=["report"])["report"]]
     return _save_model(tmp_path_factory.mktemp("model"), reports)
 
 
@@ -78,18 +78,18 @@ def test_latents_are_the_towers_outputs(cache, model_dir, preprocessed):
     from x2ctclip.processors import load_report_tokenizer
 
     tokenizer = load_report_tokenizer(model_dir)
-    config = json.loads((cache / D.EMBEDDING_CACHE_CONFIG).read_text())
+    config = json.loads((cache / EMBEDDING_CACHE_CONFIG).read_text())
     assert config["parameters"]["max_length"] == TINY_TEXT["max_position_embeddings"]
     assert config["parameters"]["model"] == str(model_dir.resolve()) and config["parameters"]["projection_dim"] == 16
     assert config["splits"] == {"train": {"num_rows": 6}, "valid": {"num_rows": 4}}
     for split in ("train", "valid"):
-        rows = D.load_preprocessed(preprocessed, split)
-        cached = D.load_embedding_cache(cache, split)
+        rows = load_preprocessed(preprocessed, split)
+        cached = load_embedding_cache(cache, split)
         assert [str(n) for n in cached["VolumeName"]] == [str(n) for n in rows["VolumeName"]]  # one row per volume
         assert np.array_equal(np.asarray(cached["labels"]), np.asarray(rows["labels"]))
         assert cached[0]["ct_embeds"].dtype == np.float32 and cached[0]["ct_embeds"].shape == (16,)
         with torch.inference_mode():
-            ct = model.get_ct_features(D.ct_values_from_ct(rows[:]["ct"])).pooler_output
+            ct = model.get_ct_features(ct_values_from_ct(rows[:]["ct"])).pooler_output
             tokens = tokenize_reports(tokenizer, [str(r) for r in rows[:]["report"]], max_length=64)
             text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
         np.testing.assert_allclose(np.asarray(cached["ct_embeds"]), F.normalize(ct, dim=-1).numpy(), atol=1e-5)
@@ -110,9 +110,9 @@ def test_refusals(cache, model_dir, preprocessed, tmp_path):
     # With --tokenizer it works (and equals the cache made with the model folder's own tokenizer).
     cache_embeddings(no_tokenizer, preprocessed, tmp_path / "c2", splits=["valid"], tokenizer=model_dir,
                      batch_size=4, shard_size=4, device="cpu", progress=False)
-    _assert_same(D.load_embedding_cache(tmp_path / "c2", "valid"), D.load_embedding_cache(cache, "valid"))
+    _assert_same(load_embedding_cache(tmp_path / "c2", "valid"), load_embedding_cache(cache, "valid"))
     big = tmp_path / "big"
-    P.preprocess_ct_rate(json.loads((preprocessed / D.PREPROCESS_CONFIG).read_text())["source_root"], big,
+    P.preprocess_ct_rate(json.loads((preprocessed / PREPROCESS_CONFIG).read_text())["source_root"], big,
                          splits=("valid",), shape=(8, 32, 32), spacing=SPACING, cxr_size=16, progress=False)
     with pytest.raises(ValueError, match="8 x 32 x 32 do not fit"):
         cache_embeddings(model_dir, big, tmp_path / "c3", device="cpu", progress=False)
@@ -152,14 +152,14 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(cache, model_dir, prep
     shards = sorted(p.name for p in (out / "train").glob("data-*.arrow"))
     assert 1 <= len(shards) < 3 and not (out / "train" / "state.json").exists()  # killed mid-way
     with pytest.raises(FileNotFoundError, match="unfinished"):
-        D.load_embedding_cache(out, "train")
+        load_embedding_cache(out, "train")
 
     assert cli_main(argv) == 0  # the restart skips the finished shard and removes any temporary file
     assert not list((out / "train").glob(".data-*"))
     reference = tmp_path / "reference"
     assert cli_main([*argv[:6], str(reference), *argv[7:]]) == 0
-    _assert_same(D.load_embedding_cache(out, "train"), D.load_embedding_cache(reference, "train"))
-    names = [str(n) for n in D.load_embedding_cache(out, "train")["VolumeName"]]
+    _assert_same(load_embedding_cache(out, "train"), load_embedding_cache(reference, "train"))
+    names = [str(n) for n in load_embedding_cache(out, "train")["VolumeName"]]
     assert len(names) == len(set(names)) == 6
 
 
@@ -168,7 +168,7 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(cache, model_dir, prep
 def test_bad_device_is_one_line(model_dir, preprocessed, tmp_path, capsys, device, message):
     import torch
 
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -15,18 +15,16 @@ from transformers import AutoModelForImageClassification
 
 from x2ctclip import CT_RATE_FINDINGS, X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, load_report_tokenizer
-from x2ctclip.train.calibration import Calibrator
-from x2ctclip.train.cli import main
-from x2ctclip.train.data import load_preprocessed
-from x2ctclip.train.evaluate_model import (
-    classification_metrics_with_ci,
-    evaluate_retrieval,
-    preprocessed_cases,
-)
-from x2ctclip.train.hub import load_evaluation_results
-from x2ctclip.train.metrics import classification_report
-from x2ctclip.train.retrieval import retrieval_metrics
-from x2ctclip.train.statistics import delong_test_per_finding
+from x2ctclip.train.evaluation.calibration import Calibrator
+from x2ctclip.train.cli.app import main
+from x2ctclip.train.data.folders import load_preprocessed
+from x2ctclip.train.evaluation.classification import classification_metrics_with_ci
+from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval
+from x2ctclip.train.evaluation.cases import preprocessed_cases
+from x2ctclip.train.hub.results import load_evaluation_results
+from x2ctclip.train.evaluation.metrics import classification_report
+from x2ctclip.train.evaluation.retrieval import retrieval_metrics
+from x2ctclip.train.evaluation.uncertainty import delong_test_per_finding
 from x2ctclip.zero_shot import ZeroShotClassifier
 
 
@@ -41,7 +39,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from x2ctclip.train.embedding_cache import cache_embeddings
+    from x2ctclip.train.data.embedding_cache import cache_embeddings
 
     root = tmp_path_factory.mktemp("evaluate")
     data = make_preprocessed(root / "data", {"valid": 16, "test": 16})
@@ -135,8 +133,8 @@ def test_retrieval_from_cache_equals_retrieval_from_towers(inputs, tmp_path):
     assert from_cache["latents"]["ct"].startswith("embedding cache")
     assert from_towers["latents"]["ct"] == "the model's towers"
     # One direction by hand: CXR latents of the model against the cached report latents.
-    from x2ctclip.train.data import load_embedding_cache
-    from x2ctclip.train.evaluate_model import encode_images, load_model
+    from x2ctclip.train.data.folders import load_embedding_cache
+    from x2ctclip.train.evaluation.models import encode_images, load_model
 
     loaded = load_model(inputs["a"], "cpu")
     cxr = encode_images(loaded, cases.images, progress=False)
@@ -231,7 +229,7 @@ def test_classifier_folder_on_an_external_collection(inputs, tmp_path):
         probs = classifier.eval().predict(pixels["pixel_values"]).probabilities.double().numpy()
     labels = np.asarray(rows["labels"], dtype=np.float64)
     j = CT_RATE_FINDINGS.index("Atelectasis")
-    from x2ctclip.train.metrics import roc_auc
+    from x2ctclip.train.evaluation.metrics import roc_auc
 
     assert findings["Atelectasis"]["auroc"] == pytest.approx(roc_auc(labels[:, j], probs[:, j]), abs=1e-6)
 

@@ -1,4 +1,4 @@
-"""External validation collections (x2ctclip.train.external): column matching, mappings, labels, errors."""
+"""External validation collections (x2ctclip.train.evaluation.external_sets): column matching, mappings, labels, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
-from x2ctclip.train.external import (
+from x2ctclip.train.evaluation.external_sets import (
     MIMIC_CT_FINDINGS,
     RADCHEST_CT_MAPPING,
     load_external,

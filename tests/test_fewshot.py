@@ -1,4 +1,4 @@
-"""Few-shot adaptation (x2ctclip.train.fewshot): stratified subsets, linear probe, LoRA, the fewshot command."""
+"""Few-shot adaptation (x2ctclip.train.fewshot.run): stratified subsets, linear probe, LoRA, the fewshot command."""
 
 from __future__ import annotations
 
@@ -13,20 +13,13 @@ from tiny_configs import TINY_RESNET, TINY_SWIN, tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
-from x2ctclip.train.cli import main
-from x2ctclip.train.data import load_preprocessed
-from x2ctclip.train.fewshot import (
-    ImageRows,
-    LinearProbeConfig,
-    LoraTrainConfig,
-    fewshot_split,
-    iterative_stratification,
-    load_fewshot_classifier,
-    lora_target_modules,
-    train_linear_probe,
-    train_lora,
-)
-from x2ctclip.train.metrics import roc_auc
+from x2ctclip.train.cli.app import main
+from x2ctclip.train.data.folders import load_preprocessed
+from x2ctclip.train.fewshot.run import ImageRows
+from x2ctclip.train.fewshot.probe import LinearProbeConfig, train_linear_probe
+from x2ctclip.train.fewshot.lora import LoraTrainConfig, load_fewshot_classifier, lora_target_modules, train_lora
+from x2ctclip.train.fewshot.splits import fewshot_split, iterative_stratification
+from x2ctclip.train.evaluation.metrics import roc_auc
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -236,7 +229,7 @@ def test_fewshot_command_runs_both_methods_and_resumes(fewshot_inputs, tmp_path,
     assert (out / "adapters" / "lora_f0.5_s1024" / "adapter_config.json").is_file()
 
     # A rerun with the same settings trains nothing.
-    import x2ctclip.train.fewshot as fewshot
+    import x2ctclip.train.fewshot.run as fewshot
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

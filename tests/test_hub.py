@@ -24,9 +24,15 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor, build_wordpiece_tokenizer
-from x2ctclip.train import hub
-from x2ctclip.train.cli import main as cli_main
-from x2ctclip.train.metrics import classification_report
+from x2ctclip.train.hub.metadata import DEFAULT_TAGS
+from x2ctclip.train.hub.results import _REPORT_METRICS
+from x2ctclip.train.hub.validation import _model_index_problems, check_hub_folder, validate_card, validate_hub_folder
+from x2ctclip.train.hub.push import push_folder
+from x2ctclip.train.hub.export import save_for_hub
+from x2ctclip.train.hub.card_sections import training_info_from_preprocess_config
+from x2ctclip.train.hub.cards import write_ctclip_model_card
+from x2ctclip.train.cli.app import main as cli_main
+from x2ctclip.train.evaluation.metrics import classification_report
 
 # Custom findings and prompts: what the card and the pipeline show must come from the config, not from defaults.
 FINDINGS = ["Cardiomegaly", "Pleural effusion", "Emphysema", "Lung nodule"]
@@ -59,7 +65,7 @@ def tiny_model_and_processor(seed: int = 0, **overrides):
 
 
 def evaluation_json(path: Path) -> dict:
-    """An evaluation file with numbers *computed* by x2ctclip.train.metrics on toy labels and scores."""
+    """An evaluation file with numbers *computed* by x2ctclip.train.evaluation.metrics on toy labels and scores."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, size=(40, len(FINDINGS))).astype(float)
     y[:, 3] = 0  # a finding without positives: its AUROC / AP are undefined and must stay off the card
@@ -93,7 +99,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     model, processor = tiny_model_and_processor()
     report = evaluation_json(root / "eval.json")
-    folder = hub.save_for_hub(
+    folder = save_for_hub(
         model, processor, root / "x2ctclip-tiny", metrics=root / "eval.json", training_info=TRAINING_INFO,
         model_id="someone/x2ctclip-tiny",
     )
@@ -109,7 +115,7 @@ def test_folder_holds_a_complete_repository(saved):
     assert not any(name.startswith(".") for name in files) and not list(folder.parent.glob(".x2ctclip-tiny.*"))
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForZeroShotImageClassification"] == auto_map["AutoModel"] == "modeling_x2ctclip.X2CTCLIPModel"
-    check = hub.validate_hub_folder(folder)
+    check = validate_hub_folder(folder)
     assert check.ok, check.errors
     # In-package loading of every component.
     assert isinstance(AutoImageProcessor.from_pretrained(folder), X2CTCLIPImageProcessor)
@@ -126,9 +132,9 @@ def test_card_metadata(saved):
     data = card.data.to_dict()
     assert data["license"] == "cc-by-nc-sa-4.0"
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "zero-shot-image-classification"
-    assert set(hub.DEFAULT_TAGS) <= set(data["tags"])
+    assert set(DEFAULT_TAGS) <= set(data["tags"])
     assert data["base_model"] == TRAINING_INFO["base_models"] and data["datasets"] == TRAINING_INFO["datasets"]
-    assert hub.validate_card(card, towers=["cxr", "ct", "text"]) == []
+    assert validate_card(card, towers=["cxr", "ct", "text"]) == []
     # The model-index holds exactly the finite headline numbers of the evaluation file, nothing else.
     (entry,) = data["model-index"]
     (result,) = entry["results"]
@@ -137,7 +143,7 @@ def test_card_metadata(saved):
     on_card = {(m["type"], m.get("config")): m["value"] for m in result["metrics"]}
     expected = {
         (metric_type, config): report[key]
-        for key, (metric_type, config, _) in hub._REPORT_METRICS.items()
+        for key, (metric_type, config, _) in _REPORT_METRICS.items()
         if report.get(key) is not None
     }
     assert on_card == pytest.approx(expected) and len(on_card) == len(result["metrics"])
@@ -175,21 +181,21 @@ def test_training_info_from_a_preprocess_config(tmp_path):
     }  # fmt: skip
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "preprocess_config.json").write_text(json.dumps(record))
-    info = hub.training_info_from_preprocess_config(tmp_path / "data")
-    assert info == hub.training_info_from_preprocess_config(record)
+    info = training_info_from_preprocess_config(tmp_path / "data")
+    assert info == training_info_from_preprocess_config(record)
     model, processor = tiny_model_and_processor()
-    folder = hub.save_for_hub(model, processor, tmp_path / "out", training_info=info)
+    folder = save_for_hub(model, processor, tmp_path / "out", training_info=info)
     text = (folder / "README.md").read_text()
     assert "Mode `beer_lambert`" in text and "| cxr_size | 224 |" in text and "| cxr_view | frontal |" in text
     assert "| volume_processor.hu_min | -1000 |" in text and "| spacing | 1.5, 0.75, 0.75 |" in text
     assert "/home/someone" not in text and "num_rows" not in text and "pad_value" not in text
     with pytest.raises(FileNotFoundError, match="preprocess_config.json"):
-        hub.training_info_from_preprocess_config(tmp_path / "out")
+        training_info_from_preprocess_config(tmp_path / "out")
 
 
 def test_no_results_means_no_model_index(tmp_path):
     model, processor = tiny_model_and_processor()
-    folder = hub.save_for_hub(model, processor, tmp_path / "plain")
+    folder = save_for_hub(model, processor, tmp_path / "plain")
     card = ModelCard.load(folder / "README.md")
     assert "model-index" not in card.data.to_dict() and "metrics" not in card.data.to_dict()
     assert "No evaluation results were supplied" in card.text
@@ -211,7 +217,7 @@ def test_bad_evaluation_file_is_refused_before_writing(tmp_path, content, messag
     model, processor = tiny_model_and_processor()
     (tmp_path / "eval.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match=message) as info:
-        hub.save_for_hub(model, processor, tmp_path / "out", metrics=tmp_path / "eval.json")
+        save_for_hub(model, processor, tmp_path / "out", metrics=tmp_path / "eval.json")
     assert "eval.json" in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
 
@@ -221,16 +227,16 @@ def test_out_dir_rules_and_bad_inputs(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not an empty folder"):
-        hub.save_for_hub(model, processor, tmp_path / "busy")
-    hub.save_for_hub(model, processor, tmp_path / "busy", overwrite=True)
+        save_for_hub(model, processor, tmp_path / "busy")
+    save_for_hub(model, processor, tmp_path / "busy", overwrite=True)
     assert not (tmp_path / "busy" / "keep.txt").exists() and (tmp_path / "busy" / "README.md").is_file()
     ct_only, _ = tiny_model_and_processor(towers=["ct", "text"])
     with pytest.raises(ValueError, match="no cxr tower"):
-        hub.save_for_hub(ct_only, processor, tmp_path / "ct")
+        save_for_hub(ct_only, processor, tmp_path / "ct")
     with pytest.raises(ValueError, match="image_processor"):
-        hub.save_for_hub(model, processor.tokenizer, tmp_path / "tok")
+        save_for_hub(model, processor.tokenizer, tmp_path / "tok")
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        hub.save_for_hub(model, processor, tmp_path / "m", metrics=tmp_path / "missing.json")
+        save_for_hub(model, processor, tmp_path / "m", metrics=tmp_path / "missing.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 
@@ -247,7 +253,7 @@ def test_remote_code_file_name_clash_is_refused(tmp_path):
             Path(folder, "loss.py").write_text("# another loss.py\n")
 
     with pytest.raises(ValueError, match=r"\['loss.py'\]"):
-        hub.save_for_hub(model, ClashingProcessor(), tmp_path / "out")
+        save_for_hub(model, ClashingProcessor(), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -273,7 +279,7 @@ def _edit_card(folder: Path, tmp_path: Path, edit) -> Path:
 )  # fmt: skip
 def test_card_validation_reports_each_problem(saved, tmp_path, edit, message):
     path = _edit_card(saved[0], tmp_path, edit)
-    problems = hub.validate_card(path, towers=["cxr", "ct", "text"])
+    problems = validate_card(path, towers=["cxr", "ct", "text"])
     assert any(message in p for p in problems), problems
 
 
@@ -287,20 +293,20 @@ def test_malformed_model_index_in_a_card_is_reported(tmp_path):
                                                    "dataset": {"name": "d"}, "metrics": [{"type": "roc_auc"}]}]}],
     }  # fmt: skip
     (tmp_path / "README.md").write_text("---\n" + yaml.safe_dump(meta) + "---\n# card\n")
-    problems = hub.validate_card(tmp_path / "README.md", towers=["cxr", "text"])
+    problems = validate_card(tmp_path / "README.md", towers=["cxr", "text"])
     assert problems == [
         "model-index[0].results[0].dataset needs 'name' and 'type'",
         "model-index[0].results[0].metrics[0] needs a 'type' and a finite numeric 'value'",
     ]
     (tmp_path / "README.md").write_text("# a card without metadata\n")
-    assert hub.validate_card(tmp_path / "README.md") == [f"{tmp_path / 'README.md'}: the card has no YAML metadata block"]
+    assert validate_card(tmp_path / "README.md") == [f"{tmp_path / 'README.md'}: the card has no YAML metadata block"]
 
 
 def test_model_index_metric_without_value_is_reported():
     index = [{"name": "m", "results": [{"task": {"type": "t"}, "dataset": {"name": "d", "type": "a/b"},
                                         "metrics": [{"type": "roc_auc", "value": float("nan")}]}]}]  # fmt: skip
-    assert hub._model_index_problems(index) == ["model-index[0].results[0].metrics[0] needs a 'type' and a finite numeric 'value'"]
-    assert hub._model_index_problems([]) == ["'model-index' must be a non-empty list"]
+    assert _model_index_problems(index) == ["model-index[0].results[0].metrics[0] needs a 'type' and a finite numeric 'value'"]
+    assert _model_index_problems([]) == ["'model-index' must be a non-empty list"]
 
 
 @pytest.mark.parametrize(
@@ -323,10 +329,10 @@ def test_folder_validation_reports_each_problem(saved, tmp_path, breakage, messa
     folder = tmp_path / "copy"
     shutil.copytree(saved[0], folder)
     breakage(folder)
-    check = hub.validate_hub_folder(folder)
+    check = validate_hub_folder(folder)
     assert any(message in e for e in check.errors), check.errors
     with pytest.raises(ValueError, match="is not a complete Hub model folder"):
-        hub.check_hub_folder(folder)
+        check_hub_folder(folder)
 
 
 def _rewrite_json(path: Path, change) -> None:
@@ -345,19 +351,19 @@ def test_push_dry_run_lists_files_and_touches_no_network(saved, tmp_path):
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "loss.cpython-311.pyc").write_bytes(b"x")
     api = mock.MagicMock()
-    result = hub.push_folder(folder, "someone/x2ctclip-tiny", dry_run=True, api=api)
+    result = push_folder(folder, "someone/x2ctclip-tiny", dry_run=True, api=api)
     assert api.mock_calls == []
     expected = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     assert result.files == expected and result.total_bytes == sum(s for _, s in expected)
     assert result.warnings == [] and result.card_metadata["license"] == "cc-by-nc-sa-4.0"
-    other = hub.push_folder(folder, "someone/renamed", dry_run=True)
+    other = push_folder(folder, "someone/renamed", dry_run=True)
     assert any("'someone/x2ctclip-tiny', not 'someone/renamed'" in w for w in other.warnings)
 
 
 def test_push_creates_the_repo_and_uploads_the_folder(saved):
     api = mock.MagicMock()
     api.create_repo.return_value = "https://huggingface.co/someone/x2ctclip-tiny"
-    result = hub.push_folder(saved[0], "someone/x2ctclip-tiny", private=True, api=api, commit_message="first")
+    result = push_folder(saved[0], "someone/x2ctclip-tiny", private=True, api=api, commit_message="first")
     api.create_repo.assert_called_once_with("someone/x2ctclip-tiny", private=True, exist_ok=True, repo_type="model")
     api.upload_folder.assert_called_once()
     kwargs = api.upload_folder.call_args.kwargs
@@ -372,9 +378,9 @@ def test_push_refuses_a_broken_folder_before_any_network(saved, tmp_path):
     (folder / "model.safetensors").unlink()
     api = mock.MagicMock()
     with pytest.raises(ValueError, match="model.safetensors is missing"):
-        hub.push_folder(folder, "someone/x", api=api)
+        push_folder(folder, "someone/x", api=api)
     with pytest.raises(ValueError, match="'owner/name'"):
-        hub.push_folder(saved[0], "no-owner", api=api)
+        push_folder(saved[0], "no-owner", api=api)
     assert api.mock_calls == []
 
 
@@ -410,7 +416,7 @@ def ctclip_folder(tmp_path_factory):
 def test_ctclip_card_carries_license_and_citation(ctclip_folder, tmp_path):
     checkpoint = tmp_path / "CT-CLIP_v2.pt"
     checkpoint.write_bytes(b"stand-in bytes for the original checkpoint")
-    path = hub.write_ctclip_model_card(ctclip_folder, source_checkpoint=checkpoint, compute_sha256=True)
+    path = write_ctclip_model_card(ctclip_folder, source_checkpoint=checkpoint, compute_sha256=True)
     assert path == ctclip_folder / "README.md" and not list(ctclip_folder.glob(".README*"))
     card = ModelCard.load(path)
     data = card.data.to_dict()
@@ -423,7 +429,7 @@ def test_ctclip_card_carries_license_and_citation(ctclip_folder, tmp_path):
     assert "chest-x-ray" not in data["tags"] and "ct-clip" in data["tags"]
     for finding in FINDINGS:
         assert f"| {finding} |" in card.text
-    check = hub.validate_hub_folder(ctclip_folder)
+    check = validate_hub_folder(ctclip_folder)
     assert check.ok, check.errors
 
 
@@ -432,13 +438,13 @@ def test_ctclip_card_without_tokenizer_says_so(ctclip_folder, tmp_path):
     shutil.copytree(ctclip_folder, folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).unlink()
-    hub.write_ctclip_model_card(folder)
+    write_ctclip_model_card(folder)
     assert "No tokenizer was saved with this conversion" in (folder / "README.md").read_text()
-    assert any("tokenizer files are missing" in e for e in hub.validate_hub_folder(folder).errors)
+    assert any("tokenizer files are missing" in e for e in validate_hub_folder(folder).errors)
     with pytest.raises(FileNotFoundError, match="config.json"):
-        hub.write_ctclip_model_card(tmp_path / "nothing")
+        write_ctclip_model_card(tmp_path / "nothing")
     with pytest.raises(ValueError, match="not a CT-CLIP conversion"):
-        hub.write_ctclip_model_card(_cxr_text_folder(tmp_path))
+        write_ctclip_model_card(_cxr_text_folder(tmp_path))
 
 
 def _cxr_text_folder(tmp_path: Path) -> Path:
@@ -454,12 +460,12 @@ def test_ctclip_card_on_a_real_conversion(shared_dir, tmp_path):
     reference = shared_dir / "reference" / "ctclip"
     checkpoint = reference / "ctclip_tiny.ctclip_state_dict.safetensors"
     folder = convert_ctclip_checkpoint(checkpoint, tmp_path / "converted", config_path=reference / "ctclip_tiny.json")
-    hub.write_ctclip_model_card(folder, source_checkpoint=checkpoint, model_id="someone/ct-clip-tiny")
+    write_ctclip_model_card(folder, source_checkpoint=checkpoint, model_id="someone/ct-clip-tiny")
     text = (folder / "README.md").read_text()
     assert f"{checkpoint.stat().st_size:,} bytes" in text and 'model_id = "someone/ct-clip-tiny"' in text
     # The converted folder has no tokenizer here (none given to the converter): the card and the check say so.
     assert "No tokenizer was saved" in text
-    assert [e for e in hub.validate_hub_folder(folder).errors if "tokenizer" not in e] == []
+    assert [e for e in validate_hub_folder(folder).errors if "tokenizer" not in e] == []
 
 
 # ---------------------------------------------------------------------------------------------------- snippets
@@ -496,7 +502,7 @@ def test_card_snippets_run_offline_without_the_package(saved, ctclip_folder, tmp
     from PIL import Image
 
     folder = saved[0]
-    hub.write_ctclip_model_card(ctclip_folder)
+    write_ctclip_model_card(ctclip_folder)
     workdir = tmp_path / "work"
     workdir.mkdir()
     rng = np.random.default_rng(1)

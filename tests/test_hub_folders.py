@@ -20,8 +20,8 @@ import pytest
 from huggingface_hub import ModelCard, metadata_load
 from tiny_configs import TINY_SWIN
 
-from x2ctclip.train import hub
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.hub.validation import validate_hub_folder
+from x2ctclip.train.cli.app import main as cli_main
 
 pytestmark = pytest.mark.slow  # the tiny quickstart alone takes ~20 s on an idle 2-core CPU
 
@@ -77,7 +77,7 @@ ABSOLUTE = re.compile(r"(?<![\w:/.~])/(?:tmp|home|work|root|usr|var|opt|Users)/"
 
 def test_every_folder_is_a_valid_hub_folder_with_one_kind_of_card(folders):
     for writer, folder in folders.items():
-        check = hub.validate_hub_folder(folder)
+        check = validate_hub_folder(folder)
         assert check.errors == [], (writer, check.errors)
         config = json.loads((folder / "config.json").read_text())
         towers = config["towers"]

@@ -87,7 +87,7 @@ def calibrated_folder(tmp_path_factory) -> tuple[Path, dict]:
     package's own Calibrator (fitted on random logits: the values only need to be the schema's)."""
     from x2ctclip import X2CTCLIPModel
     from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor, build_wordpiece_tokenizer
-    from x2ctclip.train.calibration import Calibrator
+    from x2ctclip.train.evaluation.calibration import Calibrator
 
     texts = [t.format(f) for f in CT_RATE_FINDINGS for pair in DEFAULT_PROMPT_TEMPLATES for t in pair]
     tokenizer = build_wordpiece_tokenizer(texts, vocab_size=300, alphabet=None,
@@ -129,7 +129,7 @@ PREDICT_SCRIPT = """
 
 
 def test_predictor_runs_without_the_training_package(calibrated_folder, rg1, tmp_path):
-    from x2ctclip.train.calibration import Calibrator
+    from x2ctclip.train.evaluation.calibration import Calibrator
 
     folder, calibration = calibrated_folder
     out = tmp_path / "prediction.pt"

@@ -1,4 +1,4 @@
-"""Classification metrics (x2ctclip.train.metrics) and the offline `evaluate` modules, checked against scikit-learn."""
+"""Classification metrics (x2ctclip.train.evaluation.metrics) and the offline `evaluate` modules, checked against scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from x2ctclip.train import metrics as M
+from x2ctclip.train.evaluation import metrics as M
 
 
 def _data(n=400, n_findings=6, seed=0, rounded=True):
@@ -241,8 +241,8 @@ def test_evaluate_auroc_module_handles_missing_labels(monkeypatch):
 def test_evaluate_command_report_comes_from_the_evaluate_modules_and_equals_the_kernels():
     """`x2ctclip evaluate zeroshot` builds its report with the package's evaluate modules (evaluate.load on their
     paths): the same numbers as the NumPy kernels, NaN labels and a single-class finding included."""
-    from x2ctclip.train.evaluate_model import classification_report_via_evaluate
-    from x2ctclip.train.metrics import classification_report, jsonable
+    from x2ctclip.train.evaluation.classification import classification_report_via_evaluate
+    from x2ctclip.train.evaluation.metrics import classification_report, jsonable
 
     rng = np.random.default_rng(7)
     labels = (rng.random((60, 4)) < [0.2, 0.4, 0.5, 0.0]).astype(float)

@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 
 from tiny_configs import TINY_SWIN, tiny_config
 from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
-from x2ctclip.train.fewshot import lora_target_modules, portable_base_model_name, save_adapter
+from x2ctclip.train.fewshot.lora import lora_target_modules, portable_base_model_name, save_adapter
 
 
 def test_saved_adapter_names_the_base_folder_not_its_absolute_path(tmp_path):

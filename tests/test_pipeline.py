@@ -18,7 +18,7 @@ from transformers import AutoModel, AutoProcessor, pipeline
 import x2ctclip.processors  # noqa: F401  (registers the processors with AutoImageProcessor / AutoProcessor)
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor
-from x2ctclip.train.hub import save_for_hub
+from x2ctclip.train.hub.export import save_for_hub
 from x2ctclip.zero_shot import ZeroShotClassifier
 
 ATOL = 1e-5

@@ -1,4 +1,4 @@
-"""x2ctclip.train.preprocess / ``x2ctclip preprocess``: the contract columns, exact agreement with the processors,
+"""x2ctclip.train.data.preprocess / ``x2ctclip preprocess``: the contract columns, exact agreement with the processors,
 resumption after a crash, atomic shards, parameter checks, worker processes and the command line."""
 
 import json
@@ -10,9 +10,11 @@ import pytest
 from datasets import Array2D, Array3D, load_from_disk
 
 from x2ctclip.processors import X2CTCLIPVolumeProcessor
-from x2ctclip.train import data as D
-from x2ctclip.train import preprocess as P
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.data.folders import PREPROCESS_CONFIG, ct_values_from_ct, load_preprocessed, one_recon_per_scan, preprocessed_collator
+from x2ctclip.train.data.tables import ct_rate_table, read_ct_rate_volume
+from x2ctclip.train.data.release import volume_stem
+from x2ctclip.train.data import preprocess as P
+from x2ctclip.train.cli.app import main as cli_main
 
 SHAPE = (8, 16, 16)
 # The synthetic chests (16 x 32 x 32 voxels) span about 330 x 380 x 380 mm: a coarse grid keeps them whole, and small.
@@ -22,7 +24,7 @@ CXR = 32
 
 
 def _synthetic(root):
-    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+    from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     generate_synthetic_ct_rate(root, n_train=3, n_valid=2, shape=(16, 32, 32), seed=0, recons=2, progress=False)
 
@@ -54,8 +56,8 @@ def _same(a, b):
 
 
 def test_contract_columns_and_values(ct_rate, preprocessed):
-    table = D.ct_rate_table(ct_rate, "train")
-    dataset = D.load_preprocessed(preprocessed, "train")
+    table = ct_rate_table(ct_rate, "train")
+    dataset = load_preprocessed(preprocessed, "train")
     assert dataset.num_rows == len(table) == 6  # 3 scans x 2 reconstructions
     assert isinstance(dataset.features["ct"], Array3D) and dataset.features["ct"].shape == SHAPE
     assert dataset.features["ct"].dtype == "int16"
@@ -69,18 +71,18 @@ def test_contract_columns_and_values(ct_rate, preprocessed):
         assert row["VolumeName"] == meta["VolumeName"] and row["scan_id"] == meta["scan_id"]
         assert row["report"] == meta["report"] and row["labels"].dtype == np.int8
         assert np.array_equal(row["labels"], meta["labels"])
-        volume = D.read_ct_rate_volume(str(ct_rate / meta["path"]), slope=meta["slope"], intercept=meta["intercept"],
+        volume = read_ct_rate_volume(str(ct_rate / meta["path"]), slope=meta["slope"], intercept=meta["intercept"],
                                        xy_spacing=meta["xy_spacing"], z_spacing=meta["z_spacing"])
         expected = processor.process_volume(volume).numpy()
         assert row["ct"].dtype == np.int16 and row["ct"].shape == SHAPE
         # ct / 1000 is the processor output up to the rounding to whole HU.
-        ct_values = D.ct_values_from_ct(row["ct"]).numpy()
+        ct_values = ct_values_from_ct(row["ct"]).numpy()
         assert ct_values.shape == (1, *SHAPE)
         assert np.abs(ct_values[0] - expected).max() <= 0.5e-3 + 1e-6
         assert np.array_equal(row["cxr"], P.simulate_cxr_uint8(volume, mode="mean", size=CXR))
         assert row["cxr"].dtype == np.uint8 and row["cxr"].min() == 0 and row["cxr"].max() == 255
 
-    config = json.loads((preprocessed / D.PREPROCESS_CONFIG).read_text())
+    config = json.loads((preprocessed / PREPROCESS_CONFIG).read_text())
     assert config["shape"] == list(SHAPE) and config["spacing"] == list(SPACING)
     assert config["cxr_mode"] == "mean" and config["cxr_size"] == CXR
     assert config["volume_processor"]["target_shape"] == list(SHAPE) and config["source_root"] == str(ct_rate)
@@ -94,18 +96,18 @@ def test_load_helpers(preprocessed):
 
     from x2ctclip.processors import X2CTCLIPImageProcessor
 
-    dataset = D.load_preprocessed(preprocessed, "valid", columns=["VolumeName", "cxr", "labels"])
+    dataset = load_preprocessed(preprocessed, "valid", columns=["VolumeName", "cxr", "labels"])
     assert set(dataset[0]) == {"VolumeName", "cxr", "labels"}
-    full = D.load_preprocessed(preprocessed, "valid")
-    collate = D.preprocessed_collator(X2CTCLIPImageProcessor(size=32, crop_size=32))
+    full = load_preprocessed(preprocessed, "valid")
+    collate = preprocessed_collator(X2CTCLIPImageProcessor(size=32, crop_size=32))
     batch = collate([full[i] for i in range(3)])
     assert batch["ct_values"].shape == (3, 1, *SHAPE) and batch["ct_values"].dtype == torch.float32
     assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].shape == (3, 18)
     assert batch["VolumeName"] == [str(n) for n in full["VolumeName"][:3]]
-    indices = D.one_recon_per_scan(full, seed=0, epoch=0)
+    indices = one_recon_per_scan(full, seed=0, epoch=0)
     assert len(indices) == 2 and len({full[i]["scan_id"] for i in indices}) == 2
     with pytest.raises(FileNotFoundError, match="test"):
-        D.load_preprocessed(preprocessed, "test")
+        load_preprocessed(preprocessed, "test")
 
 
 def test_resume_after_a_crash_gives_the_same_result(ct_rate, preprocessed, tmp_path, monkeypatch):
@@ -132,7 +134,7 @@ def test_resume_after_a_crash_gives_the_same_result(ct_rate, preprocessed, tmp_p
     P.preprocess_ct_rate(ct_rate, out, splits=("train",), **GRID, cxr_size=CXR, shard_size=2, progress=False)
     assert (out / "train" / "data-00000-of-00003.arrow").stat().st_mtime_ns == mtime  # skipped, not redone
     assert not list((out / "train").glob(".data-*"))
-    _same(D.load_preprocessed(out, "train"), D.load_preprocessed(preprocessed, "train"))
+    _same(load_preprocessed(out, "train"), load_preprocessed(preprocessed, "train"))
 
 
 def test_other_parameters_are_refused(ct_rate, preprocessed, tmp_path):
@@ -170,30 +172,30 @@ def _fill_the_lungs(path):
 
 
 def test_volumes_that_are_not_chest_cts_are_left_out_and_listed(tmp_path, caplog):
-    from x2ctclip.train.synthetic import generate_synthetic_ct_rate
+    from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     # 48 x 96 x 96 voxels (about 7 x 4 x 4 mm): fine enough for the chest check (CHEST_CHECK_MAX_SPACING_MM).
     root = tmp_path / "root"
     generate_synthetic_ct_rate(root, n_train=1, n_valid=3, shape=(48, 96, 96), seed=1, recons=1, progress=False)
     victim = sorted((root / "valid_fixed").rglob("*.nii.gz"))[1]
-    assert all(s <= m for s, m in zip(D.read_ct_rate_volume(str(victim)).spacing_mm, P.CHEST_CHECK_MAX_SPACING_MM))
+    assert all(s <= m for s, m in zip(read_ct_rate_volume(str(victim)).spacing_mm, P.CHEST_CHECK_MAX_SPACING_MM))
     _fill_the_lungs(victim)
-    stem = D.volume_stem(victim.name)
+    stem = volume_stem(victim.name)
     with caplog.at_level("WARNING"):
         result = P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
                                       progress=False)["valid"]
-    names = [D.volume_stem(n) for n in result["VolumeName"]]
-    table = D.ct_rate_table(root, "valid")
+    names = [volume_stem(n) for n in result["VolumeName"]]
+    table = ct_rate_table(root, "valid")
     assert stem not in names and len(names) == len(table) - 1
     listed = (tmp_path / "out" / "valid" / "skipped.csv").read_text().splitlines()
     assert listed[0] == "VolumeName,reason" and len(listed) == 2 and stem in listed[1] and "lung" in listed[1]
-    config = json.loads((tmp_path / "out" / D.PREPROCESS_CONFIG).read_text())
+    config = json.loads((tmp_path / "out" / PREPROCESS_CONFIG).read_text())
     assert config["splits"]["valid"]["num_skipped_not_chest"] == 1
     assert any("1 of" in r.getMessage() and "skipped.csv" in r.getMessage() for r in caplog.records)
     # A rerun resumes from the finished shards (the skipped list included) and gives the same rows.
     again = P.preprocess_ct_rate(root, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
                                  progress=False)["valid"]
-    assert [D.volume_stem(n) for n in again["VolumeName"]] == names
+    assert [volume_stem(n) for n in again["VolumeName"]] == names
     # --keep-implausible keeps it.
     kept = P.preprocess_ct_rate(root, tmp_path / "kept", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
                                 keep_implausible=True, progress=False)["valid"]
@@ -215,7 +217,7 @@ def test_to_uint8_square_keeps_the_aspect_ratio():
 def test_worker_processes_give_the_same_shards(ct_rate, preprocessed, tmp_path):
     P.preprocess_ct_rate(ct_rate, tmp_path / "out", splits=("valid",), **GRID, cxr_size=CXR, shard_size=2,
                          workers=2, progress=False)
-    _same(D.load_preprocessed(tmp_path / "out", "valid"), D.load_preprocessed(preprocessed, "valid"))
+    _same(load_preprocessed(tmp_path / "out", "valid"), load_preprocessed(preprocessed, "valid"))
 
 
 def test_command_line(ct_rate, preprocessed, tmp_path, capsys):
@@ -224,7 +226,7 @@ def test_command_line(ct_rate, preprocessed, tmp_path, capsys):
             "--spacing", *map(str, SPACING), "--cxr-size", str(CXR), "--shard-size", "2", "--no-progress"]
     assert cli_main(argv) == 0
     assert "valid: 4 rows" in capsys.readouterr().out
-    _same(D.load_preprocessed(out, "valid"), D.load_preprocessed(preprocessed, "valid"))
+    _same(load_preprocessed(out, "valid"), load_preprocessed(preprocessed, "valid"))
     assert cli_main(["preprocess", str(tmp_path / "missing"), str(tmp_path / "cli2"), "--split", "valid", "--no-progress"]) == 2
     assert "radiology_text_reports/validation_reports.csv" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "cli2")  # inputs are checked before anything is written

@@ -27,7 +27,7 @@ from x2ctclip.assembly import (
     torchvision_resnet_to_hf,
 )
 from x2ctclip.checkpoint_loading import read_checkpoint
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.cli.app import main as cli_main
 from tiny_configs import TINY_SWIN, tiny_config
 
 LAYOUTS = json.loads((Path(__file__).parent / "fixtures" / "published_layouts.json").read_text())

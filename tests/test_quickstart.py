@@ -17,7 +17,7 @@ def test_tiny_quickstart_end_to_end(tmp_path):
     metrics = run_quickstart(out, preset="tiny", progress=False, quiet=True)
 
     # Held-out split: its own scans, written only to data/, never trained on.
-    from x2ctclip.train.data import load_preprocessed
+    from x2ctclip.train.data.folders import load_preprocessed
 
     splits = {s: load_preprocessed(out / "data" / "preprocessed", s, columns=["VolumeName", "report"]) for s in
               ("train", "valid", "test")}

@@ -1,4 +1,4 @@
-"""Retrieval metrics (x2ctclip.train.retrieval): vectorised version vs the loop reference and hand-worked cases."""
+"""Retrieval metrics (x2ctclip.train.evaluation.retrieval): vectorised version vs the loop reference and hand-worked cases."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from x2ctclip.train.metrics import load_metric
-from x2ctclip.train.retrieval import (
+from x2ctclip.train.evaluation.metrics import load_metric
+from x2ctclip.train.evaluation.retrieval import (
     cross_modal_retrieval,
     label_overlap,
     naive_retrieval_metrics,

@@ -325,7 +325,7 @@ def test_chest_ct_check_on_the_real_chest_ct_and_real_non_chest_slices():
 
 def test_chest_ct_check_passes_the_synthetic_chest_cts(tmp_path):
     from x2ctclip.processors.plausibility import chest_ct_check
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     assert main(["make-synthetic", str(tmp_path / "syn"), "--n-train", "2", "--n-valid", "0", "--shape", "32", "64",
                  "64", "--no-progress"]) == 0  # fmt: skip

@@ -21,19 +21,19 @@ import numpy as np
 import pytest
 from test_hub import tiny_model_and_processor
 
-from x2ctclip.train import hub
-from x2ctclip.train.cli import main as cli_main
+from x2ctclip.train.hub.export import save_for_hub
+from x2ctclip.train.cli.app import main as cli_main
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
     model, processor = tiny_model_and_processor(seed=5)
-    folder = hub.save_for_hub(model, processor, root / "x2ctclip-tiny",
+    folder = save_for_hub(model, processor, root / "x2ctclip-tiny",
                               training_info={"base_models": ["microsoft/swin-tiny-patch4-window7-224"]})
     # The wheel is built from this checkout (the tests' parent folder), so the test holds for an installed x2ctclip too
     # (CI installs it non-editable), where `x2ctclip space` without --wheel has no source tree to build from.
-    from x2ctclip.train.space import build_wheel
+    from x2ctclip.train.hub.space import build_wheel
 
     wheel = build_wheel(root / "wheelhouse", Path(__file__).resolve().parents[1])
     assert cli_main(["space", str(root / "space"), "--model", str(folder), "--wheel", str(wheel)]) == 0

@@ -32,8 +32,9 @@ from x2ctclip.processors import (
     X2CTCLIPVolumeProcessor,
     build_wordpiece_tokenizer,
 )
-from x2ctclip.train.calibration import Calibrator
-from x2ctclip.train.synthetic import make_study, plan_study, write_volume
+from x2ctclip.train.evaluation.calibration import Calibrator
+from x2ctclip.train.synthetic.study import make_study, plan_study
+from x2ctclip.train.synthetic.writer import write_volume
 from x2ctclip.zero_shot import build_prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -661,7 +662,7 @@ def assets_folder(tmp_path_factory):
     """A tiny model with ``x2ctclip demo-assets`` run on a tiny preprocessed folder (valid 40, test 40 scans)."""
     from scripts.eval_fixtures import make_model, make_preprocessed
 
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     root = tmp_path_factory.mktemp("assets")
     data = make_preprocessed(root / "data", {"valid": 40, "test": 40})
@@ -671,9 +672,9 @@ def assets_folder(tmp_path_factory):
 
 
 def test_demo_assets_are_written_from_the_validation_split_and_read_by_the_demo(assets_folder):
-    from x2ctclip.train.calibration import Calibrator
-    from x2ctclip.train.data import load_preprocessed
-    from x2ctclip.train.evaluate_model import encode_images, load_model
+    from x2ctclip.train.evaluation.calibration import Calibrator
+    from x2ctclip.train.data.folders import load_preprocessed
+    from x2ctclip.train.evaluation.models import encode_images, load_model
 
     model, data = assets_folder
     record = json.loads((model / de.ASSETS_FILE).read_text())
@@ -796,7 +797,7 @@ def test_main_model_flags_a_real_radiograph_and_withholds_its_numbers(main_engin
 
 @pytest.mark.slow
 def test_main_model_passes_held_out_simulated_cxrs_with_calibrated_numbers(main_engine, tmp_path):
-    from x2ctclip.train.data import load_preprocessed
+    from x2ctclip.train.data.folders import load_preprocessed
 
     engine, data = main_engine
     test = load_preprocessed(data, "test").with_format("numpy", columns=["cxr"], dtype=None)

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and the DeLong test (x2ctclip.train.statistics)."""
+"""Bootstrap intervals and the DeLong test (x2ctclip.train.evaluation.uncertainty)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from x2ctclip.train.metrics import roc_auc
-from x2ctclip.train.statistics import (
+from x2ctclip.train.evaluation.metrics import roc_auc
+from x2ctclip.train.evaluation.uncertainty import (
     bootstrap_ci,
     delong_covariance,
     delong_test,

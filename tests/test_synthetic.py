@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
-from x2ctclip.train.data import table_path
-from x2ctclip.train import synthetic as S
-from x2ctclip.train.synthetic_findings import load_label_stats, sample_labels
+from x2ctclip.train.data.release import table_path
+from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate, write_atomic
+from x2ctclip.train.synthetic.study import make_study, synthesize_study
+from x2ctclip.train.synthetic.findings import load_label_stats, sample_labels
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = (32, 48, 48)
@@ -35,7 +36,7 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_ct_rate")
-    result = S.generate_synthetic_ct_rate(root, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
+    result = generate_synthetic_ct_rate(root, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
                                           progress=False)
     return root, result
 
@@ -98,7 +99,7 @@ def test_nifti_headers_match_metadata(dataset):
 
 def test_volumes_equal_the_in_memory_study(dataset):
     root, _ = dataset
-    study = S.make_study(11, TINY, n_recons=3, split="train", patient=1, scan=0)
+    study = make_study(11, TINY, n_recons=3, split="train", patient=1, scan=0)
     for r, vol in enumerate(study.volumes):
         img = nib.load(root / "train_fixed" / "train_1" / "train_1_a" / f"train_1_a_{r + 1}.nii.gz")
         hu = img.get_fdata().T  # (x, y, z) -> (z, y, x)
@@ -111,22 +112,22 @@ def test_volumes_equal_the_in_memory_study(dataset):
 def test_deterministic_bytes_and_resumes_missing_files(dataset, tmp_path):
     root, _ = dataset
     again = tmp_path / "again"
-    S.generate_synthetic_ct_rate(again, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
+    generate_synthetic_ct_rate(again, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
                                  progress=False, workers=2)
     reference = _digest(root)
     assert _digest(again) == reference  # byte-identical CSVs and volumes, also with 2 worker processes
     # An interrupted run: a volume and a CSV missing. Rerunning renders only what is missing.
     (again / "train_fixed" / "train_2" / "train_2_a" / "train_2_a_2.nii.gz").unlink()
     (again / "metadata" / "validation_metadata.csv").unlink()
-    result = S.generate_synthetic_ct_rate(again, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
+    result = generate_synthetic_ct_rate(again, n_train=5, n_valid=2, n_test=1, shape=TINY, seed=11, recons=3,
                                           progress=False)
     assert result["volumes"] == 1 and result["skipped"] == 23
     assert _digest(again) == reference
 
 
 def test_other_seed_differs(tmp_path):
-    a = S.make_study(1, TINY, labels=np.zeros(18, np.int8))
-    b = S.make_study(2, TINY, labels=np.zeros(18, np.int8))
+    a = make_study(1, TINY, labels=np.zeros(18, np.int8))
+    b = make_study(2, TINY, labels=np.zeros(18, np.int8))
     assert not np.array_equal(a.volumes[0], b.volumes[0])
 
 
@@ -136,9 +137,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(S.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        S.write_atomic(target, b"abc")
+        write_atomic(target, b"abc")
     assert not target.exists() and not list(target.parent.iterdir())
 
 
@@ -158,13 +159,13 @@ def test_label_sampler_matches_ct_rate_statistics():
 
 
 def test_synthesize_study_api():
-    hu, labels, report = S.synthesize_study(5, TINY, labels=["Pleural effusion"])
+    hu, labels, report = synthesize_study(5, TINY, labels=["Pleural effusion"])
     assert hu.dtype == np.int16 and hu.shape == TINY
     assert labels.tolist() == [int(n == "Pleural effusion") for n in CT_RATE_FINDINGS]
     assert set(report) == {"ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"}
-    hu2, _, report2 = S.synthesize_study(5, TINY, labels=["Pleural effusion"])
+    hu2, _, report2 = synthesize_study(5, TINY, labels=["Pleural effusion"])
     assert np.array_equal(hu, hu2) and report == report2
-    hu3, _, _ = S.synthesize_study(np.random.default_rng(3), TINY, spacing=(8.0, 6.0, 6.0))
+    hu3, _, _ = synthesize_study(np.random.default_rng(3), TINY, spacing=(8.0, 6.0, 6.0))
     assert hu3.shape == TINY
     # Anatomy sanity in HU: air outside, lungs around -850, soft tissue and bone present.
     assert hu[0, 0, 0] <= -1000
@@ -183,18 +184,18 @@ def test_synthesize_study_api():
 def test_bad_arguments_are_clear(tmp_path, kwargs, message):
     args = {"n_train": 1, "n_valid": 0, "shape": TINY, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=message):
-        S.generate_synthetic_ct_rate(tmp_path / "out", **args)
+        generate_synthetic_ct_rate(tmp_path / "out", **args)
 
 
 def test_bad_labels_are_clear():
     with pytest.raises(ValueError, match="unknown finding"):
-        S.make_study(0, TINY, labels=["Pneumothorax"])
+        make_study(0, TINY, labels=["Pneumothorax"])
     with pytest.raises(ValueError, match="18 entries"):
-        S.make_study(0, TINY, labels=[1, 0])
+        make_study(0, TINY, labels=[1, 0])
 
 
 def test_cli_writes_with_a_progress_bar(tmp_path, capsys):
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     out = tmp_path / "cli"
     code = main(["make-synthetic", str(out), "--n-train", "2", "--n-valid", "1", "--shape", "32", "48", "48",
@@ -207,7 +208,7 @@ def test_cli_writes_with_a_progress_bar(tmp_path, capsys):
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     code = main(["make-synthetic", str(tmp_path / "o"), "--n-train", "1", "--n-valid", "0", "--shape", "4", "4", "4"])
     assert code == 2
@@ -221,8 +222,8 @@ def test_cli_bad_arguments(tmp_path, capsys):
 
 def test_original_release_writes_blank_headers_and_stored_values(tmp_path):
     fixed, original = tmp_path / "fixed", tmp_path / "original"
-    S.generate_synthetic_ct_rate(fixed, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False)
-    S.generate_synthetic_ct_rate(original, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False,
+    generate_synthetic_ct_rate(fixed, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False)
+    generate_synthetic_ct_rate(original, n_train=2, n_valid=0, shape=TINY, seed=5, progress=False,
                                  release="original")
     header, rows = _read_csv(original / "metadata" / "train_metadata.csv")
     col = {name: i for i, name in enumerate(header)}
@@ -242,17 +243,17 @@ def test_original_release_writes_blank_headers_and_stored_values(tmp_path):
 @pytest.mark.parametrize("change", [{"seed": 6}, {"shape": (16, 48, 48)}, {"release": "original"}])
 def test_rerun_with_other_parameters_is_refused(tmp_path, change):
     out = tmp_path / "out"
-    S.generate_synthetic_ct_rate(out, n_train=1, n_valid=0, shape=TINY, seed=5, progress=False)
+    generate_synthetic_ct_rate(out, n_train=1, n_valid=0, shape=TINY, seed=5, progress=False)
     before = _digest(out)
     key = next(iter(change))
     with pytest.raises(ValueError, match=rf"train split was written with other parameters \({key} "):
-        S.generate_synthetic_ct_rate(out, n_train=1, n_valid=0, **{"shape": TINY, "seed": 5, **change},
+        generate_synthetic_ct_rate(out, n_train=1, n_valid=0, **{"shape": TINY, "seed": 5, **change},
                                      progress=False)
     assert _digest(out) == before
 
 
 def test_cli_refuses_a_file_as_parent(tmp_path, capsys):
-    from x2ctclip.train.cli import main
+    from x2ctclip.train.cli.app import main
 
     (tmp_path / "FILE").write_text("x")
     code = main(["make-synthetic", str(tmp_path / "FILE" / "sub"), "--n-train", "1", "--n-valid", "0"])

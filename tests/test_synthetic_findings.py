@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
-from x2ctclip.train import synthetic as S
-from x2ctclip.train.synthetic_findings import heart_ctr
+from x2ctclip.train.synthetic.study import make_study, plan_study
+from x2ctclip.train.synthetic.findings import heart_ctr
 
 SHAPE = (64, 80, 80)  # ~5 x 4.5 x 4.5 mm voxels: small, yet millimetric lesions still leave a trace
 SEED = 4
@@ -26,15 +26,15 @@ def _labels(*names):
 
 @pytest.fixture(scope="module")
 def baseline():
-    return S.make_study(SEED, SHAPE, labels=_labels(), split="test", patient=3)
+    return make_study(SEED, SHAPE, labels=_labels(), split="test", patient=3)
 
 
 def _with(*names):
-    return S.make_study(SEED, SHAPE, labels=_labels(*names), split="test", patient=3)
+    return make_study(SEED, SHAPE, labels=_labels(*names), split="test", patient=3)
 
 
 def _plan(*names):
-    return S.plan_study(SEED, "test", 3, 0, SHAPE, labels=_labels(*names))
+    return plan_study(SEED, "test", 3, 0, SHAPE, labels=_labels(*names))
 
 
 def _coords(p):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
-from x2ctclip.train.synthetic import _split_scans, plan_study
-from x2ctclip.train.synthetic_reports import NOT_GIVEN
+from x2ctclip.train.synthetic.writer import _split_scans
+from x2ctclip.train.synthetic.study import plan_study
+from x2ctclip.train.synthetic.report_sections import NOT_GIVEN
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "data" / "ct_rate_reports" / "train.csv"

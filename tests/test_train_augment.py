@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from x2ctclip.train.augment import (
+from x2ctclip.train.training.augment import (
     CLAHE,
     CXRTrainAugmentation,
     RandomBrightnessContrast,

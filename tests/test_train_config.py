@@ -5,13 +5,8 @@ import argparse
 import pytest
 import yaml
 
-from x2ctclip.train.cli import main
-from x2ctclip.train.config import (
-    CTCLIPTrainConfig,
-    X2CTTrainConfig,
-    add_config_arguments,
-    config_from_args,
-)
+from x2ctclip.train.cli.app import main
+from x2ctclip.train.training.config import CTCLIPTrainConfig, X2CTTrainConfig, add_config_arguments, config_from_args
 
 
 def _parse(config_class, argv):

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from scripts.train_fixtures import make_preprocessed
 
 from x2ctclip import X2CTCLIPModel
-from x2ctclip.train.config import CTCLIPTrainConfig
-from x2ctclip.train.train_ctclip import train_ctclip
+from x2ctclip.train.training.config import CTCLIPTrainConfig
+from x2ctclip.train.training.ctclip_stage import train_ctclip
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer_dir(data, tmp_path_factory):
     from x2ctclip.processors import build_wordpiece_tokenizer
-    from x2ctclip.train.data import load_preprocessed
+    from x2ctclip.train.data.folders import load_preprocessed
 
     folder = tmp_path_factory.mktemp("tokenizer")
     reports = list(load_preprocessed(data, "train", columns=["report"])["report"])
@@ -95,7 +95,7 @@ def test_label_prompt_text_states_positives_and_some_negatives():
     import numpy as np
 
     from x2ctclip import CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES
-    from x2ctclip.train.train_ctclip import label_prompt_text
+    from x2ctclip.train.training.ctclip_stage import label_prompt_text
 
     labels = np.zeros(18, dtype=np.int8)
     labels[[2, 12]] = 1

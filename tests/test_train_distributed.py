@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from scripts.train_fixtures import make_x2ct_inputs, x2ct_config
 
-from x2ctclip.train.train_x2ct import train_x2ct
+from x2ctclip.train.training.x2ct_stage import train_x2ct
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from scripts.train_fixtures import make_x2ct_inputs, x2ct_config
 
-from x2ctclip.train.trainer import CSVLogger, find_checkpoint
-from x2ctclip.train.train_x2ct import train_x2ct
+from x2ctclip.train.training.trackers import CSVLogger
+from x2ctclip.train.training.trainer import find_checkpoint
+from x2ctclip.train.training.x2ct_stage import train_x2ct
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 

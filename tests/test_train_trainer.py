@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from x2ctclip.train.config import TrainConfig
-from x2ctclip.train.trainer import GlobalBatchSampler, Trainer, TrainingStage, parameter_groups
+from x2ctclip.train.training.config import TrainConfig
+from x2ctclip.train.training.sampler import GlobalBatchSampler
+from x2ctclip.train.training.trainer import Trainer, parameter_groups
+from x2ctclip.train.training.stage import TrainingStage
 
 
 class ToyStage(TrainingStage):

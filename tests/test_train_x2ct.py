@@ -10,7 +10,7 @@ from scripts.train_fixtures import make_x2ct_inputs, x2ct_config
 
 from x2ctclip import X2CTCLIPModel
 from x2ctclip.modeling_ct import X2CTCLIPCTModel
-from x2ctclip.train.train_x2ct import train_x2ct
+from x2ctclip.train.training.x2ct_stage import train_x2ct
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from transformers import BatchFeature
 
 from x2ctclip import CT_RATE_FINDINGS, DEFAULT_PROMPT_TEMPLATES, X2CTCLIPModel
 from x2ctclip.processors.tokenization import build_wordpiece_tokenizer
-from x2ctclip.train.calibration import Calibrator
+from x2ctclip.train.evaluation.calibration import Calibrator
 from x2ctclip.zero_shot import ZeroShotClassifier, build_prompts
 
 

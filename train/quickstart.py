@@ -3,7 +3,7 @@
 ``x2ctclip quickstart --out DIR`` (or :func:`run_quickstart`) runs, each step skipped when its output already exists
 (so a killed run continues where it stopped):
 
-1. generate a synthetic data set in the CT-RATE layout (:mod:`x2ctclip.train.synthetic`): train, valid and a
+1. generate a synthetic data set in the CT-RATE layout (:mod:`x2ctclip.train.synthetic.writer`): train, valid and a
    held-out test split, each from its own seed -> ``DIR/data/ct_rate``;
 2. preprocess it: CT volumes to a small fixed grid and simulated frontal CXRs (``x2ctclip preprocess``)
    -> ``DIR/data/preprocessed``;
@@ -162,10 +162,10 @@ def evaluate_cxr_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike
 
     from x2ctclip import X2CTCLIPModel
 
-    from .data import load_embedding_cache, load_preprocessed
-    from .metrics import roc_auc
-    from .retrieval import retrieval_metrics
-    from .train_x2ct import embed_cxrs
+    from x2ctclip.train.data.folders import load_embedding_cache, load_preprocessed
+    from x2ctclip.train.evaluation.metrics import roc_auc
+    from x2ctclip.train.evaluation.retrieval import retrieval_metrics
+    from x2ctclip.train.training.x2ct_stage import embed_cxrs
     from x2ctclip.zero_shot import ZeroShotClassifier
 
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
@@ -201,8 +201,8 @@ def _teacher_zero_shot(model_dir: Path, cache_dir: Path, split: str) -> dict[str
     from x2ctclip import X2CTCLIPModel
     from x2ctclip.processors import load_report_tokenizer
 
-    from .data import load_embedding_cache
-    from .metrics import roc_auc
+    from x2ctclip.train.data.folders import load_embedding_cache
+    from x2ctclip.train.evaluation.metrics import roc_auc
     from x2ctclip.zero_shot import ZeroShotClassifier
 
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
@@ -361,7 +361,7 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 1. synthetic data set, one seed per split.
     def synthetic():
-        from .synthetic import generate_synthetic_ct_rate
+        from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
         for i, (split, n) in enumerate((("train", p.n_train), ("valid", p.n_valid), ("test", p.n_test))):
             counts = {"n_train": 0, "n_valid": 0, "n_test": 0, f"n_{split}": n}
@@ -373,7 +373,7 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 2. preprocessing: CT grid + simulated CXRs.
     def preprocess():
-        from .preprocess import preprocess_ct_rate
+        from x2ctclip.train.data.preprocess import preprocess_ct_rate
 
         preprocess_ct_rate(raw, pre, splits=("train", "valid", "test"), shape=p.ct_shape, spacing=p.ct_spacing,
                            cxr_size=p.cxr_size, workers=workers, progress=progress)
@@ -387,8 +387,8 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     ctclip_dir = runs / "ctclip" / "model"
 
     def ctclip():
-        from .config import CTCLIPTrainConfig
-        from .train_ctclip import train_ctclip
+        from x2ctclip.train.training.config import CTCLIPTrainConfig
+        from x2ctclip.train.training.ctclip_stage import train_ctclip
 
         config = CTCLIPTrainConfig(output_dir=str(runs / "ctclip"), data_dir=str(pre), ct_preset="small",
                                    ct_config=dict(p.ct_tower), text_model="all-MiniLM-L6-v2",
@@ -403,7 +403,7 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 4. embedding cache.
     def embed():
-        from .embedding_cache import cache_embeddings
+        from x2ctclip.train.data.embedding_cache import cache_embeddings
 
         cache_embeddings(ctclip_dir, pre, cache, splits=["train", "valid", "test"], batch_size=32, progress=progress)
 
@@ -412,8 +412,8 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 5-6. X2CT-CLIP stage and the CXR-only baseline, same data and budget.
     def stage(name: str, gamma: float):
-        from .config import X2CTTrainConfig
-        from .train_x2ct import train_x2ct
+        from x2ctclip.train.training.config import X2CTTrainConfig
+        from x2ctclip.train.training.x2ct_stage import train_x2ct
 
         config = X2CTTrainConfig(
             output_dir=str(runs / name), ctclip_model=str(ctclip_dir), data_dir=str(pre), embedding_cache=str(cache),
@@ -436,7 +436,7 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     def evaluate():
         from x2ctclip import CT_RATE_FINDINGS
 
-        from .statistics import delong_test_per_finding
+        from x2ctclip.train.evaluation.uncertainty import delong_test_per_finding
 
         models = {name: evaluate_cxr_model(runs / name / "model", pre, cache, "test") for name in ("x2ct", "cxr_only")}
         models["ctclip_teacher"] = _teacher_zero_shot(ctclip_dir, cache, "test")
@@ -475,13 +475,13 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "peak_memory_mb": {k: round(v) for k, v in _peak_memory_mb().items()},
     }
-    from .metrics import jsonable
+    from x2ctclip.train.evaluation.metrics import jsonable
 
     metrics = jsonable(metrics)
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(runs / "x2ct" / "model", tmp)
-    from .demo_assets import write_demo_assets  # the Space demo's calibration, gallery and input-check reference
+    from x2ctclip.train.hub.demo_assets import write_demo_assets  # the Space demo's calibration, gallery and input-check reference
 
     write_demo_assets(tmp, pre, cache, progress=progress, distribution="frontal chest radiographs simulated (mean "
                       "projection) from synthetic chest CT phantoms (x2ctclip make-synthetic)")  # valid split only
@@ -503,8 +503,8 @@ def _quickstart_card(folder: Path, runs: Path, pre: Path, metrics: dict[str, Any
     results measured above (model-index: macro AUROC on the synthetic test split) and the CXR simulation settings."""
     import yaml
 
-    from .hub import training_info_from_preprocess_config
-    from .hub_folders import finish_model_folder, run_training_info
+    from x2ctclip.train.hub.card_sections import training_info_from_preprocess_config
+    from x2ctclip.train.hub.folders import finish_model_folder, run_training_info
 
     result = json.loads((runs / "x2ct" / "train_result.json").read_text())
     options = yaml.safe_load((runs / "x2ct" / "train_config.yaml").read_text()) or {}

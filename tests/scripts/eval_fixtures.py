@@ -57,7 +57,7 @@ def make_preprocessed(root: Path, scans: dict[str, int] | None = None, seed: int
     """``root/{split}/`` + ``preprocess_config.json`` (with ``shape`` and ``splits``, as ``x2ctclip preprocess``)."""
     from datasets import Dataset
 
-    from x2ctclip.train.data import preprocessed_features
+    from x2ctclip.train.data.folders import preprocessed_features
 
     root = Path(root)
     scans = scans or {"train": 40, "valid": 16, "test": 16}

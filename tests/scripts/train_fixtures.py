@@ -58,7 +58,7 @@ def make_preprocessed(root: Path, scans: dict[str, int] | None = None, seed: int
     """``root/{split}/`` shards and ``root/preprocess_config.json``; ``scans`` = scans per split (2 recons each)."""
     from datasets import Dataset
 
-    from x2ctclip.train.data import preprocessed_features
+    from x2ctclip.train.data.folders import preprocessed_features
 
     root = Path(root)
     scans = scans or {"train": 12, "valid": 6}
@@ -90,7 +90,7 @@ def make_cache(cache: Path, model_dir: Path, data: Path, splits=("train", "valid
     import torch
     from datasets import Dataset
 
-    from x2ctclip.train.data import embedding_cache_features, load_preprocessed
+    from x2ctclip.train.data.folders import embedding_cache_features, load_preprocessed
 
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
     for split in splits:
@@ -121,7 +121,7 @@ def make_x2ct_inputs(root: Path) -> dict[str, Path]:
 
 
 def x2ct_config(inputs: dict[str, Path], output_dir: Path, **overrides):
-    from x2ctclip.train.config import X2CTTrainConfig
+    from x2ctclip.train.training.config import X2CTTrainConfig
 
     values = dict(
         output_dir=str(output_dir), ctclip_model=str(inputs["ctclip"]), data_dir=str(inputs["data"]),

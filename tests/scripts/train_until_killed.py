@@ -5,9 +5,9 @@ import os
 import signal
 import sys
 
-from x2ctclip.train.config import X2CTTrainConfig
-from x2ctclip.train.trainer import TrainerCallback
-from x2ctclip.train.train_x2ct import train_x2ct
+from x2ctclip.train.training.config import X2CTTrainConfig
+from x2ctclip.train.training.stage import TrainerCallback
+from x2ctclip.train.training.x2ct_stage import train_x2ct
 
 
 class KillAfterStep(TrainerCallback):

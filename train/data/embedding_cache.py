@@ -1,0 +1,244 @@
+"""Cache the frozen CT and report latents of a preprocessed CT-RATE folder (``x2ctclip cache-embeddings``).
+
+X2CT-CLIP keeps CT-CLIP's CT tower and report tower frozen, so their latents are the same every epoch: computing
+them once per reconstruction turns each training step into a CXR-tower step (``benchmarks/bench_cached_training.py``
+measures the saving). The cache is ``CACHE/{split}/`` (``datasets.save_to_disk`` layout), one row per
+reconstruction, in the order of the preprocessed split::
+
+    VolumeName, scan_id, labels int8[18], ct_embeds float32[projection_dim], text_embeds float32[projection_dim]
+
+``ct_embeds`` / ``text_embeds`` are ``model.get_ct_features(...).pooler_output`` /
+``model.get_text_features(...).pooler_output`` L2-normalised (what :class:`x2ctclip.X2CTCLIPModel` compares).
+``CACHE/cache_config.json`` records the model folder, the SHA-256 of its ``config.json`` and weights index, the
+tokenizer, the data folder and its preprocessing parameters.
+
+Resumable and atomic: the rows are planned as shards of ``shard_size`` rows; each shard is written under a temporary
+name and renamed when complete, so a run killed at any moment leaves only complete shards, and a restart computes
+only the missing ones (with the same batches, hence bit-identical latents on the same device). Restarting against
+another model, tokenizer or data folder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from x2ctclip.train.data.folders import (
+    EMBEDDING_CACHE_CONFIG,
+    PREPROCESS_CONFIG,
+    ct_values_from_ct,
+    embedding_cache_features,
+    load_preprocessed,
+    read_ct,
+    read_folder_config,
+)
+from x2ctclip.train.data.shards import ShardedSplitWriter, atomic_write_text, config_fingerprint, plan_shards
+from x2ctclip.train.progress import progress_bar
+
+__all__ = ["cache_embeddings", "model_fingerprint"]
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """SHA-256 of a model folder's ``config.json`` and of its weights' size and first MiB (cheap, yet changes when
+    the model is retrained or replaced)."""
+    folder = Path(model_dir)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for name in _WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+def _parse_device(device):
+    """``None`` -> CUDA when available, else CPU; a name torch does not know, or an absent CUDA -> ``ValueError``."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps).") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine.")
+    return parsed
+
+
+def _load_model(model_dir: Path, device):
+    from x2ctclip import X2CTCLIPModel
+
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json; expected a folder saved by X2CTCLIPModel.save_pretrained.")
+    model = X2CTCLIPModel.from_pretrained(str(model_dir))
+    missing = [t for t in ("ct", "text") if getattr(model, f"{t}_model") is None]
+    if missing:
+        raise ValueError(f"{model_dir}: the model has no {' / '.join(missing)} tower (towers {model.config.towers}).")
+    return model.to(device).eval()
+
+
+def _load_tokenizer(model_dir: Path, tokenizer: str | os.PathLike | None):
+    from x2ctclip.processors.tokenization import load_report_tokenizer
+
+    source = Path(tokenizer) if tokenizer is not None else model_dir
+    try:
+        return load_report_tokenizer(source), str(source)
+    except FileNotFoundError as error:
+        if tokenizer is None:
+            raise FileNotFoundError(f"{model_dir}: no tokenizer files in the model folder; pass --tokenizer DIR ({error})") from None
+        raise
+
+
+def _check_ct_shape(model, shape: Sequence[int], data_dir: Path) -> None:
+    ct = model.config.ct_config
+    depth, height, width = (int(n) for n in shape)
+    if height != ct.image_size or width != ct.image_size or depth % ct.temporal_patch_size:
+        raise ValueError(
+            f"{data_dir}: volumes of {depth} x {height} x {width} do not fit the model's CT tower, which takes "
+            f"D x {ct.image_size} x {ct.image_size} with D a multiple of {ct.temporal_patch_size}; preprocess again "
+            "with a matching --shape."
+        )
+
+
+def _text_length(model, tokenizer) -> int:
+    limits = [512, int(getattr(model.config.text_config, "max_position_embeddings", 512))]
+    if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 10**6:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits)
+
+
+def _encode_batches(model, tokenizer, dataset, start: int, stop: int, batch_size: int, max_length: int, device, bar):
+    """Rows ``start:stop`` of the preprocessed split -> cache rows (a generator; one batch in memory at a time)."""
+    import torch
+    import torch.nn.functional as F
+
+    from x2ctclip.processors.tokenization import tokenize_reports
+
+    for begin in range(start, stop, batch_size):
+        end = min(begin + batch_size, stop)
+        batch = dataset.select_columns(["VolumeName", "scan_id", "labels", "report"])[begin:end]
+        ct_values = ct_values_from_ct(read_ct(dataset, range(begin, end)), device=device)
+        tokens = tokenize_reports(tokenizer, [str(r) for r in batch["report"]], max_length=max_length).to(device)
+        with torch.inference_mode():
+            ct = model.get_ct_features(ct_values).pooler_output
+            text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
+            ct = F.normalize(ct.float(), dim=-1).cpu().numpy()
+            text = F.normalize(text.float(), dim=-1).cpu().numpy()
+        for i in range(end - begin):
+            yield {
+                "VolumeName": str(batch["VolumeName"][i]),
+                "scan_id": str(batch["scan_id"][i]),
+                "labels": np.asarray(batch["labels"][i], dtype=np.int8),
+                "ct_embeds": ct[i],
+                "text_embeds": text[i],
+            }
+        bar.update(end - begin)
+
+
+def cache_embeddings(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: Sequence[str] | None = None,
+    batch_size: int = 8,
+    tokenizer: str | os.PathLike | None = None,
+    device: str | None = None,
+    shard_size: int = 1024,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run the frozen CT and report towers once over preprocessed splits and store the L2-normalised latents.
+
+    Args:
+        model_dir: an X2CT-CLIP model folder (``save_pretrained``) with CT and report towers.
+        data_dir: the ``OUT`` folder of ``x2ctclip preprocess``.
+        out: the cache folder (created; a folder of an interrupted run with the same inputs is resumed).
+        splits: splits to cache (default: every finished split of ``data_dir``).
+        batch_size: volumes per forward pass.
+        tokenizer: folder of the report tokenizer (default: the model folder).
+        device: ``"cuda"``, ``"cpu"``, ... (default: CUDA when available).
+        shard_size: rows per Arrow shard (the unit of resumption).
+        progress: show a tqdm bar (default: tqdm's own choice).
+
+    Returns:
+        ``{split: datasets.Dataset}`` of the finished cache splits.
+
+    Raises:
+        FileNotFoundError: missing model, tokenizer or preprocessed split.
+        ValueError: volumes that do not fit the CT tower, a cache folder of another run, duplicated volume names.
+    """
+    import torch
+
+    import x2ctclip
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    device = _parse_device(device)
+    model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
+    data_config = read_folder_config(data_dir, PREPROCESS_CONFIG)
+    if splits is None:
+        splits = [s for s in data_config.get("splits", {}) if (data_dir / s / "state.json").is_file()]
+        if not splits:
+            raise FileNotFoundError(f"{data_dir}: no finished preprocessed split.")
+    splits = list(dict.fromkeys(splits))
+    model = _load_model(model_dir, device)
+    _check_ct_shape(model, data_config["shape"], data_dir)
+    report_tokenizer, tokenizer_source = _load_tokenizer(model_dir, tokenizer)
+    max_length = _text_length(model, report_tokenizer)
+
+    params = {
+        "model": str(model_dir.resolve()),
+        "model_fingerprint": model_fingerprint(model_dir),
+        "tokenizer": str(Path(tokenizer_source).resolve()),
+        "max_length": max_length,
+        "data": str(data_dir.resolve()),
+        "data_fingerprint": config_fingerprint({k: v for k, v in data_config.items() if k not in ("splits", "versions")}),
+        "projection_dim": int(model.config.projection_dim),
+        "normalized": True,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / EMBEDDING_CACHE_CONFIG
+    previous = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if previous is not None and previous.get("parameters") != params:
+        changed = sorted(k for k in params if previous.get("parameters", {}).get(k) != params[k])
+        raise ValueError(f"{out}: a cache made with other inputs ({', '.join(changed)} differ); use a new --out folder.")
+    record = previous or {"parameters": params, "splits": {}}
+    record["versions"] = {"x2ctclip": x2ctclip.__version__, "torch": torch.__version__}
+    atomic_write_text(config_path, json.dumps(record, indent=2))
+
+    features = embedding_cache_features(params["projection_dim"])
+    results = {}
+    for split in splits:
+        dataset = load_preprocessed(data_dir, split, columns=["VolumeName", "scan_id", "labels", "report", "ct"])
+        names = [str(n) for n in dataset.with_format(None, columns=["VolumeName"])["VolumeName"]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{data_dir / split}: duplicated VolumeName values; the cache needs one row per volume.")
+        writer = ShardedSplitWriter(
+            out / split, features, plan_shards(names, shard_size), split=split,
+            fingerprint=config_fingerprint({**params, "split": split}),
+        )
+        pending = writer.pending()
+        done_rows = sum(len(writer.plan[i]) for i in range(writer.num_shards) if i not in set(pending))
+        with progress_bar(len(names), done_rows, f"cache {split}", "vol", None if progress is None else not progress) as bar:
+            for index in pending:
+                start = sum(len(s) for s in writer.plan[:index])
+                rows = _encode_batches(
+                    model, report_tokenizer, dataset, start, start + len(writer.plan[index]), batch_size, max_length,
+                    device, bar,
+                )
+                writer.write_shard(index, rows, writer_batch_size=shard_size)
+        results[split] = writer.finalize(description=f"X2CT-CLIP latents of {data_dir / split}")
+        record["splits"][split] = {"num_rows": results[split].num_rows}
+        atomic_write_text(config_path, json.dumps(record, indent=2))
+    return results

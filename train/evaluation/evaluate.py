@@ -1,0 +1,131 @@
+"""The logic of ``x2ctclip evaluate``: classification with confidence intervals, retrieval, calibration.
+
+Every step takes a saved model folder, either an :class:`x2ctclip.X2CTCLIPModel` (findings scored **zero-shot** with
+the prompt pairs stored in its config, :class:`~x2ctclip.train.zeroshot.ZeroShotClassifier`) or an
+:class:`x2ctclip.X2CTCLIPForAbnormalityClassification` (a supervised head), and a set of cases:
+
+- a preprocessed split (``x2ctclip preprocess``: simulated CXRs, the 18 labels, reports) -> :func:`preprocessed_cases`;
+- an external collection of real radiographs (:mod:`x2ctclip.train.evaluation.external_sets`) -> :func:`external_cases`.
+
+When the model config carries a calibration (``config.calibration``, written by :func:`calibrate`), its probabilities
+are reported calibrated and its thresholds are the default operating points. Outputs (``--out``, default
+``MODEL/evaluation``), each written to a temporary name and renamed:
+
+- ``zeroshot_<data>.json`` / ``.md`` / ``_predictions.csv``: :func:`evaluate_classification`;
+- ``retrieval_<data>.json`` / ``.md``: :func:`evaluate_retrieval`;
+- ``calibration_<data>.json`` / ``.md`` / ``reliability_<data>.png``: :func:`calibrate`;
+- ``evaluation.json`` / ``.md``: :func:`evaluate_all`.
+
+The JSON files have the shape :func:`x2ctclip.train.hub.results.load_evaluation_results` reads for the model card
+(``{"results": [{"task", "dataset", "report" | "metrics", ...}], ...}``), plus the provenance: model folder and
+fingerprint, data folder, split and fingerprint, seed, bootstrap settings, versions and the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+from x2ctclip.train.evaluation.metrics import (
+    jsonable,
+)
+from x2ctclip.train.evaluation.provenance import provenance_record
+from x2ctclip.train.evaluation.provenance import write_json
+from x2ctclip.train.evaluation.calibrate import calibrate
+from x2ctclip.train.evaluation.calibrate import calibration_markdown
+from x2ctclip.train.evaluation.classification import classification_markdown
+from x2ctclip.train.evaluation.models import encode_images
+from x2ctclip.train.evaluation.classification import evaluate_classification
+from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval
+from x2ctclip.train.evaluation.cases import external_cases
+from x2ctclip.train.evaluation.models import load_model
+from x2ctclip.train.evaluation.cases import preprocessed_cases
+from x2ctclip.train.evaluation.retrieval_report import retrieval_markdown
+from x2ctclip.train.evaluation.provenance import write_atomic
+
+
+# ---------------------------------------------------------------------------------------------------------- all
+def evaluate_all(
+    model_dir: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    split: str = "test",
+    calibration_split: str | None = "valid",
+    cache: str | os.PathLike | None = None,
+    external: str | os.PathLike | None = None,
+    mapping: Any = "auto",
+    out_dir: str | os.PathLike | None = None,
+    method: str = "temperature",
+    thresholds: str | float | None = "youden",
+    threshold: float | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 1024,
+    confidence: float = 0.95,
+    compare: str | os.PathLike | None = None,
+    ensemble: str = "probabilities",
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool | None = None,
+    dataset_name: str | None = None,
+    dataset_type: str | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Everything in order (``x2ctclip evaluate all``): calibration on ``calibration_split`` of ``data`` (None: keep
+    the folder's calibration), then classification with intervals and retrieval on ``split`` of ``data`` (retrieval
+    only when a cache or the towers give CT / report latents), then the same on the ``external`` collection.
+    ``save=False`` fits and reports the calibration without storing it (the later steps then use the folder's own).
+    Writes ``evaluation.json`` (all Hub results together) and ``evaluation.md``."""
+    if data is None and external is None:
+        raise ValueError("evaluate all needs --data PREPROCESSED and / or --external CSV_OR_FOLDER.")
+    model_dir = Path(model_dir)
+    out = Path(out_dir) if out_dir is not None else model_dir / "evaluation"
+    records: dict[str, Any] = {}
+    common = dict(batch_size=batch_size, device=device, progress=progress)
+    if data is not None and calibration_split:
+        valid = preprocessed_cases(data, calibration_split, dataset_name, dataset_type)
+        records["calibration"] = calibrate(model_dir, valid, out, method=method, thresholds=thresholds,
+                                           save=save, ensemble=ensemble, **common)  # fmt: skip
+    sets = []
+    if data is not None:
+        sets.append(preprocessed_cases(data, split, dataset_name, dataset_type))
+    if external is not None:
+        sets.append(external_cases(external, mapping, require_labels=True))
+    results, skipped = [], []
+    loaded = load_model(model_dir, device, ensemble)  # after the calibration step: with its calibration
+    for cases in sets:
+        latents = encode_images(loaded, cases.images, batch_size, progress)
+        record = evaluate_classification(model_dir, cases, out, threshold=threshold, n_bootstrap=n_bootstrap,
+                                         seed=seed, confidence=confidence, compare=compare, ensemble=ensemble,
+                                         loaded=loaded, cxr_latents=latents, **common)  # fmt: skip
+        records[f"zeroshot_{cases.tag}"] = record
+        results += record["results"]
+        try:
+            record = evaluate_retrieval(model_dir, cases, out, cache=cache if cases.preprocessed is not None else None,
+                                        loaded=loaded, cxr_latents=latents, **common)  # fmt: skip
+        except ValueError as err:
+            skipped.append(f"retrieval on {cases.tag}: {err}")
+            continue
+        records[f"retrieval_{cases.tag}"] = record
+        results += record["results"]
+    summary = {
+        **provenance_record("evaluate all", seed),
+        "model": loaded.describe(),
+        "files": {name: r.get("files") for name, r in records.items()},
+        "skipped": skipped,
+        "results": results,
+    }
+    write_json(out / "evaluation.json", summary)
+    parts = [f"# Evaluation of `{model_dir}`", ""]
+    if "calibration" in records:
+        parts.append(calibration_markdown(records["calibration"]))
+    for name, record in records.items():
+        if name.startswith("zeroshot_"):
+            parts.append(classification_markdown(record))
+        elif name.startswith("retrieval_"):
+            parts.append(retrieval_markdown(record))
+    if skipped:
+        parts.append("Skipped: " + "; ".join(skipped) + "\n")
+    write_atomic(out / "evaluation.md", "\n".join(parts))
+    return jsonable({**summary, "records": records})

@@ -1,0 +1,304 @@
+"""Few-shot adaptation of the X2CT-CLIP chest X-ray tower: linear probe and LoRA (``x2ctclip fewshot``).
+
+Protocol (X2CT-CLIP's, for the linear probe):
+
+- **Subsets.** For each fraction (1 %, 2.5 %, 5 %, 10 %, 100 % of the training labels) and each seed (1024, 1234, 4321,
+  5678, 8765), a subset of the training *scans* is drawn by iterative stratification (Sechidis et al., 2011:
+  :func:`iterative_stratification`), so that every finding keeps its prevalence; 20 % of the subset's scans are held
+  out for validation, again stratified. Reconstructions of one scan share its labels and stay together (a scan is
+  never in both parts). Subsets have at least ``min_scans`` (5) scans.
+- **Linear probe** (:func:`train_linear_probe`): one linear layer (``projection_dim -> 18``) on the frozen,
+  L2-normalised CXR latents; binary cross-entropy with logits; AdamW, learning rate 5e-2, batch 4096, up to 100
+  epochs, early stopping with patience 20 on the hold-out loss (the weights of the best epoch are kept).
+- **LoRA** (:func:`train_lora`, this project's addition): low-rank adapters on the CXR tower's attention projections
+  (Swin / ViT: ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``, ``query`` / ``key`` / ``value`` / ``output.dense``
+  in older transformers) or on the convolutions of the residual blocks (ResNet: ``layer.N.convolution``; stem and
+  shortcut convolutions excluded), see :func:`lora_target_modules`; the classification head is trained too
+  (``modules_to_save=["classifier"]``) and starts from the linear probe of the same subset (LP-FT, Kumar et al. 2022,
+  so the adapters do not start from a random head); early stopping on the hold-out loss counts that start as epoch
+  0, so a run never ends worse on the hold-out than its linear probe. Batch-norm statistics stay frozen (the adapters
+  are all that is saved, so the base model must not change). Defaults: rank 8, alpha 16, dropout 0.1, AdamW 5e-4,
+  batch 32, up to 20 epochs, patience 5.
+- **Metrics** on the evaluation split (default ``test``): AUROC macro / micro / weighted, average precision, F1 /
+  precision / recall at 0.5 (:func:`x2ctclip.train.evaluation.metrics.classification_report`), per seed; mean +- sd over seeds.
+  The zero-shot AUROC of the same model (prompt pairs of its config) is the flat baseline.
+
+Outputs of :func:`run_fewshot` (``OUT``): ``fewshot.json`` (settings, every run, the summary; rewritten after each
+run, and a rerun with the same settings skips the finished runs), ``fewshot.md`` (mean +- sd table),
+``fewshot_auroc.png`` (macro AUROC against the fraction), ``heads/linear_f{fraction}_s{seed}.safetensors`` and
+``adapters/lora_f{fraction}_s{seed}/`` (PEFT folders). :func:`load_fewshot_classifier` turns either into an
+:class:`x2ctclip.X2CTCLIPForAbnormalityClassification` (LoRA merged with ``merge_and_unload`` by default), which
+``save_pretrained`` writes as a folder that ``AutoModelForImageClassification.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from x2ctclip.train.evaluation.metrics import classification_report, jsonable
+from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS
+from x2ctclip.train.fewshot.splits import FEWSHOT_SEEDS
+from x2ctclip.train.fewshot.probe import LinearProbeConfig
+from x2ctclip.train.fewshot.lora import LoraTrainConfig
+from x2ctclip.train.fewshot.splits import METHODS
+from x2ctclip.train.fewshot.lora import base_classifier
+from x2ctclip.train.fewshot.lora import peft_logits
+from x2ctclip.train.fewshot.lora import run_name
+from x2ctclip.train.fewshot.splits import fewshot_split
+from x2ctclip.train.fewshot.lora import save_adapter
+from x2ctclip.train.fewshot.probe import train_linear_probe
+from x2ctclip.train.fewshot.lora import train_lora
+HEADLINE = ("auroc_macro", "auroc_micro", "auroc_weighted", "average_precision_macro", "average_precision_micro",
+            "f1_macro", "f1_micro", "precision_macro", "recall_macro")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------- runner
+class ImageRows:
+    """Random access to the ``cxr`` column of a preprocessed split: ``take(rows)`` -> list of uint8 arrays."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset.with_format("numpy", columns=["cxr"], dtype=None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def take(self, rows: Sequence[int]) -> list[np.ndarray]:
+        return list(self.dataset[[int(r) for r in rows]]["cxr"])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self.dataset[index]["cxr"])
+        return self.dataset[int(index)]["cxr"]
+
+
+def _metrics(labels: np.ndarray, logits: np.ndarray, names: list[str]) -> dict[str, Any]:
+    probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+    report = classification_report(labels, probabilities, names, threshold=0.5).to_dict()
+    out = {k: report[k] for k in HEADLINE}
+    out["auroc_per_finding"] = {row["name"]: row["auroc"] for row in report["findings"]}
+    return out
+
+
+def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = sorted({(r["method"], r["fraction"]) for r in runs}, key=lambda k: (METHODS.index(k[0]), k[1]))
+    out = []
+    for method, fraction in keys:
+        group = [r for r in runs if r["method"] == method and r["fraction"] == fraction]
+        row = {"method": method, "fraction": fraction, "n_seeds": len(group),
+               "n_train_scans": float(np.mean([r["n_scans_train"] for r in group]))}  # fmt: skip
+        for key in HEADLINE:
+            values = np.asarray([r["metrics"][key] for r in group if r["metrics"][key] is not None], dtype=np.float64)
+            row[f"{key}_mean"] = float(values.mean()) if len(values) else None
+            row[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
+        out.append(row)
+    return out
+
+
+def _markdown(record: dict[str, Any]) -> str:
+    record = jsonable(record)
+    summary = record["summary"]
+    methods = [m for m in METHODS if any(s["method"] == m for s in summary)]
+    fractions = sorted({s["fraction"] for s in summary})
+    zero = record.get("zero_shot")
+
+    def cell(method, fraction, key="auroc_macro"):
+        rows = [s for s in summary if s["method"] == method and s["fraction"] == fraction]
+        if not rows or rows[0][f"{key}_mean"] is None:
+            return "n/a"
+        s = rows[0]
+        sd = f" ± {s[f'{key}_sd']:.3f}" if s[f"{key}_sd"] is not None else ""
+        return f"{s[f'{key}_mean']:.3f}{sd}"
+
+    settings = record["settings"]
+    lines = [
+        "# Few-shot adaptation (mean ± sd over seeds)",
+        "",
+        f"- model: `{settings['model']}`; data: `{settings['data']}` (train split `{settings['train_split']}`, "
+        f"evaluated on `{settings['eval_split']}`, {record['n_eval']} cases)",
+        f"- seeds: {', '.join(str(s) for s in settings['seeds'])}; hold-out {settings['valid_fraction']:.0%} of each "
+        "subset (iterative stratification over scans)",
+        f"- zero-shot macro AUROC (baseline): {zero['auroc_macro']:.3f}" if zero else "- zero-shot baseline: n/a",
+        "",
+        "| training labels | train scans | " + " | ".join(f"{m} macro AUROC" for m in methods)
+        + " | " + " | ".join(f"{m} macro AP" for m in methods) + " |",
+        "|---|---|" + "---|" * (2 * len(methods)),
+    ]
+    for fraction in fractions:
+        scans = [s["n_train_scans"] for s in summary if s["fraction"] == fraction]
+        lines.append(f"| {fraction:.1%} | {scans[0]:.0f} | " + " | ".join(cell(m, fraction) for m in methods) + " | "
+                     + " | ".join(cell(m, fraction, "average_precision_macro") for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(record: dict[str, Any], path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from x2ctclip.train.evaluation.provenance import write_atomic
+
+    record = jsonable(record)
+    fig = Figure(figsize=(6, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    fractions = sorted({s["fraction"] for s in record["summary"]})
+    for method, colour in zip(METHODS, ("tab:blue", "tab:orange")):
+        rows = sorted((s for s in record["summary"] if s["method"] == method and s["auroc_macro_mean"] is not None),
+                      key=lambda s: s["fraction"])  # fmt: skip
+        if not rows:
+            continue
+        x = [100 * s["fraction"] for s in rows]
+        mean = np.asarray([s["auroc_macro_mean"] for s in rows])
+        sd = np.asarray([s["auroc_macro_sd"] or 0.0 for s in rows])
+        label = "linear probe" if method == "linear" else "LoRA (CXR tower) + head"
+        ax.plot(x, mean, marker="o", color=colour, label=label)
+        ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
+    zero = record.get("zero_shot")
+    if zero and zero.get("auroc_macro") is not None:
+        ax.axhline(zero["auroc_macro"], color="0.3", ls="--", lw=1.2, label="zero-shot (no labels)")
+    ax.set_xscale("log")
+    ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g} %" for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("training labels used (share of the training scans)")
+    ax.set_ylabel(f"macro AUROC ({record['settings']['eval_split']})")
+    ax.set_title("Few-shot adaptation: mean ± sd over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_atomic(path, buffer.getvalue())
+
+
+def run_fewshot(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    methods: Sequence[str] = ("linear",),
+    fractions: Sequence[float] = FEWSHOT_FRACTIONS,
+    seeds: Sequence[int] = FEWSHOT_SEEDS,
+    train_split: str = "train",
+    eval_split: str = "test",
+    valid_fraction: float = 0.2,
+    min_scans: int = 5,
+    probe: LinearProbeConfig | None = None,
+    lora: LoraTrainConfig | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool | None = None,
+    save_adapters: bool = True,
+) -> dict[str, Any]:
+    """The few-shot protocol (module docstring) for every method x fraction x seed; returns the ``fewshot.json``
+    record. Finished runs of an earlier call with the same settings are reused."""
+    from safetensors.torch import save_file
+
+    from x2ctclip.train.data.folders import load_preprocessed
+    from x2ctclip.train.data.embedding_cache import model_fingerprint
+    from x2ctclip.train.evaluation.provenance import package_versions, write_atomic
+    from x2ctclip.train.evaluation.models import compute_logits, encode_images, load_model
+
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}.")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {fractions}.")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("give at least one seed.")
+    probe, lora = probe or LinearProbeConfig(), lora or LoraTrainConfig()
+    model_dir, data, out = Path(model_dir), Path(data), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    loaded = load_model(model_dir, device, calibrated=False)
+    names = loaded.findings
+    train = load_preprocessed(data, train_split, columns=["scan_id", "labels", "cxr"])
+    test = load_preprocessed(data, eval_split, columns=["labels", "cxr"])
+    train_labels = np.asarray(train.with_format("numpy", columns=["labels"])["labels"], dtype=np.float64)
+    test_labels = np.asarray(test.with_format("numpy", columns=["labels"])["labels"], dtype=np.float64)
+    if train_labels.shape[1] != len(names):
+        raise ValueError(f"{data}: {train_labels.shape[1]} labels per row; the model has {len(names)} findings.")
+    groups = [str(g) for g in train.with_format(None, columns=["scan_id"])["scan_id"]]
+    settings = {
+        "model": str(model_dir.resolve()), "model_fingerprint": model_fingerprint(model_dir),
+        "data": str(data.resolve()), "train_split": train_split, "eval_split": eval_split,
+        "valid_fraction": valid_fraction, "min_scans": min_scans, "probe": asdict(probe), "lora": asdict(lora),
+        "stratification": "iterative (Sechidis et al. 2011) over scans",
+    }  # fmt: skip
+    record_path = out / "fewshot.json"
+    previous = json.loads(record_path.read_text()) if record_path.is_file() else None
+    done: dict[str, dict] = {}
+    if previous is not None:
+        same = {k: v for k, v in previous.get("settings", {}).items() if k not in ("fractions", "seeds", "methods")}
+        if same == jsonable(settings):
+            done = {r["name"]: r for r in previous.get("runs", [])}
+    settings.update(fractions=fractions, seeds=seeds, methods=methods)
+
+    images = ImageRows(train)
+    test_images = ImageRows(test)
+    train_latents = encode_images(loaded, images, batch_size, progress)
+    test_latents = encode_images(loaded, test_images, batch_size, progress)
+    zero_shot = None
+    if loaded.kind == "zeroshot" and loaded.has_tower("text") and loaded.tokenizer is not None:
+        zero_shot = _metrics(test_labels, compute_logits(loaded, test_latents), names)
+
+    record = {"settings": settings, "versions": package_versions(), "n_eval": len(test), "zero_shot": zero_shot,
+              "runs": [], "summary": []}  # fmt: skip
+
+    def save_record():
+        record["summary"] = _summary(record["runs"])
+        write_atomic(record_path, json.dumps(jsonable(record), indent=2) + "\n")
+
+    jobs = [(f, s) for f in fractions for s in seeds]
+    for fraction, seed in tqdm(jobs, desc="few-shot runs", unit="subset", disable=progress is False):
+        wanted = [m for m in methods if run_name(m, fraction, seed) not in done]
+        for m in methods:
+            if m not in wanted:
+                record["runs"].append(done[run_name(m, fraction, seed)])
+        if not wanted:
+            continue
+        split = fewshot_split(train_labels, fraction, seed, groups, valid_fraction, min_scans)
+        fit = train_linear_probe(train_latents[split.train], train_labels[split.train], train_latents[split.valid],
+                                 train_labels[split.valid], probe, seed, loaded.device)  # fmt: skip
+        base = {"fraction": fraction, "seed": seed, "n_rows_train": len(split.train), "n_rows_valid": len(split.valid),
+                "n_scans_train": split.n_scans_train, "n_scans_valid": split.n_scans_valid}  # fmt: skip
+        if "linear" in wanted:
+            logits = (F.normalize(test_latents, dim=-1) @ fit.weight.T + fit.bias).numpy()
+            name = run_name("linear", fraction, seed)
+            (out / "heads").mkdir(exist_ok=True)
+            save_file({"weight": fit.weight.contiguous(), "bias": fit.bias.contiguous()},
+                      str(out / "heads" / f"{name}.safetensors"))  # fmt: skip
+            record["runs"].append({"name": name, "method": "linear", **base, "best_epoch": fit.best_epoch,
+                                   "epochs": fit.epochs, "best_valid_loss": fit.best_valid_loss,
+                                   "metrics": _metrics(test_labels, logits, names)})  # fmt: skip
+            save_record()
+        if "lora" in wanted:
+            classifier = base_classifier(model_dir)
+            classifier.set_classifier(fit.weight, fit.bias)
+            peft_model, result = train_lora(classifier, loaded.image_processor, images, train_labels, split.train,
+                                            split.valid, lora, seed, loaded.device, progress)  # fmt: skip
+            logits = peft_logits(peft_model, loaded.image_processor, test_images, np.arange(len(test)),
+                                  lora.batch_size, loaded.device).numpy()  # fmt: skip
+            name = run_name("lora", fraction, seed)
+            if save_adapters:
+                save_adapter(peft_model, model_dir, out / "adapters" / name)
+            record["runs"].append({"name": name, "method": "lora", **base, "best_epoch": result.best_epoch,
+                                   "epochs": result.epochs, "best_valid_loss": result.best_valid_loss,
+                                   "trainable_parameters": result.trainable_parameters,
+                                   "target_modules": len(result.target_modules),
+                                   "metrics": _metrics(test_labels, logits, names)})  # fmt: skip
+            save_record()
+            del peft_model, classifier
+    save_record()
+    write_atomic(out / "fewshot.md", _markdown(record))
+    _plot(record, out / "fewshot_auroc.png")
+    return jsonable(record)

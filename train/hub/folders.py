@@ -1,0 +1,294 @@
+"""The one save path of every model folder the package writes (``x2ctclip quickstart``, ``train ctclip``, ``train
+x2ct``, ``assemble``, ``convert-ctclip``; ``evaluate calibrate`` edits a folder written by one of them).
+
+:func:`finish_model_folder` turns a ``save_pretrained`` folder into a Hub repository folder: it makes the JSON
+configuration portable (no absolute local path, no temporary folder name), checks the ``auto_map``, writes the model
+card with :func:`x2ctclip.train.hub.cards.build_model_card` (the one card builder) and validates the result with
+:func:`x2ctclip.train.hub.validation.check_hub_folder`. :func:`save_model_folder` does ``save_pretrained`` (model, processor or
+its parts) into a temporary sibling, finishes it there and renames it, so a failure leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from x2ctclip.train.hub.metadata import CTCLIP_LICENSE, ZERO_SHOT_AUTO_CLASS, is_repo_id
+from x2ctclip.train.hub.validation import PROSE_PATH, validate_hub_folder
+from x2ctclip.train.hub.card_sections import section_files, folder_files, bullet_list, pip_requirements
+from x2ctclip.train.hub.cards import build_model_card
+
+__all__ = [
+    "finish_model_folder",
+    "portable_reference",
+    "read_card_metadata",
+    "refresh_model_folder",
+    "run_training_info",
+    "save_model_folder",
+]
+
+# JSON files whose string values may record where a tower was loaded from (tokenizer.json only holds the vocabulary).
+_CONFIG_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def _known_hub_ids() -> dict[str, str]:
+    """Local folders of models shipped as packages -> the Hub id they are a copy of."""
+    known = {}
+    try:
+        from x2ctclip.processors.tokenization import MINILM_NAMES, minilm_model_dir
+
+        known[str(Path(minilm_model_dir()).resolve())] = MINILM_NAMES[1]
+    except Exception:  # the MiniLM package is optional: nothing to map then
+        pass
+    return known
+
+
+def portable_reference(value: str, folder: Path | None = None) -> str:
+    """What a saved configuration should record instead of a local path ``value``.
+
+    A Hub id stays; a shipped model's folder becomes its Hub id (all-MiniLM-L6-v2); a path inside ``folder`` becomes
+    relative to it; any other local path becomes its last component (a folder name says what it was without naming
+    the machine that trained it). Temporary names (``.tmp-*``, ``.name.xxxx``) become the empty string.
+    """
+    if not isinstance(value, str) or not value or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    known = _known_hub_ids().get(str(path.resolve()) if path.exists() else str(path))
+    if known:
+        return known
+    if folder is not None:
+        try:
+            return path.resolve().relative_to(folder.resolve()).as_posix() or "."
+        except ValueError:
+            pass
+    name = path.name
+    return "" if name.startswith(".") else name
+
+
+def _scrub(value: Any, folder: Path, changed: list[str], where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v, folder, changed, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, folder, changed, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and os.path.isabs(value) and value.count("/") >= 2:
+        new = portable_reference(value, folder)
+        if new != value:
+            changed.append(where)
+        return new
+    return value
+
+
+def make_configs_portable(folder: Path) -> list[str]:
+    """Rewrite absolute local paths in the folder's JSON configuration files; returns the keys changed."""
+    changed: list[str] = []
+    for name in _CONFIG_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        before = len(changed)
+        data = _scrub(data, folder, changed, name)
+        if len(changed) > before:
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return changed
+
+
+def read_card_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """The YAML metadata of ``folder/README.md`` parsed by huggingface_hub ({} without a card)."""
+    from huggingface_hub import metadata_load
+
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return {}
+    return metadata_load(readme) or {}
+
+
+def _inherited(source: str | os.PathLike | None) -> tuple[list[str], list[str]]:
+    """``(base_models, datasets)`` a model built on ``source`` (a Hub id or a model folder) inherits: the Hub id
+    itself, or the card metadata of the folder (its own base models and data sets)."""
+    if not source:
+        return [], []
+    source = str(source)
+    try:
+        from x2ctclip.processors.tokenization import MINILM_NAMES
+    except ImportError:
+        MINILM_NAMES = ()
+    if source in MINILM_NAMES:  # shipped offline as a package; it is a copy of this Hub model
+        return [MINILM_NAMES[-1]], []
+    if not Path(source).exists():
+        return ([source] if is_repo_id(source) else []), []
+    meta = read_card_metadata(source)
+    return bullet_list(meta.get("base_model")), bullet_list(meta.get("datasets"))
+
+
+def run_training_info(title: str, summary: str, options: Mapping[str, Any], result: Mapping[str, Any],
+                      extra: str = "") -> dict[str, Any]:
+    """The card's record of one training run (``TrainResult.to_dict()`` and the stage's options): only what the run
+    measured or was given; local paths in the options become portable (:func:`portable_reference`)."""
+    hyper = {k: portable_reference(v) if isinstance(v, str) else v for k, v in options.items()
+             if k not in ("output_dir", "resume") and v is not None}
+    description = f"**{title}.** {summary}" + (f"\n\n{extra}" if extra else "")
+    # Summaries name the data and teacher folders; on the card they become folder names or Hub ids.
+    description = PROSE_PATH.sub(lambda m: portable_reference(m.group(0)) or "(temporary folder)", description)
+    info: dict[str, Any] = {"description": description, "hyperparameters": hyper}
+    facts = (("global_step", "optimiser steps", None), ("epochs", "epochs", 3),
+             ("samples_seen", "training rows seen", None), ("train_runtime_s", "training runtime (s)", 1),
+             ("train_loss", "final training loss", 6))
+    for key, label, digits in facts:
+        value = result.get(key)
+        if isinstance(value, (int, float)):
+            info[label] = round(float(value), digits) if digits else value
+    for key, value in sorted((result.get("eval_metrics") or {}).items()):
+        if isinstance(value, (int, float)) and value == value:
+            info[f"validation {key} (last evaluation, training data's valid split)"] = round(float(value), 6)
+    return info
+
+
+def finish_model_folder(
+    folder: str | os.PathLike,
+    *,
+    model_id: str | None = None,
+    training_info: Mapping[str, Any] | None = None,
+    metrics: Any = None,
+    base_models: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    built_on: Sequence[str | os.PathLike] = (),
+    license: str = CTCLIP_LICENSE,
+    tags: Sequence[str] = (),
+    model_name: str | None = None,
+    require_tokenizer: bool = True,
+) -> Path:
+    """Make a ``save_pretrained`` folder a Hub folder in place (see the module docstring); returns its card path.
+
+    Args:
+        folder: the folder (model weights and config already saved; processor / tokenizer saved where they exist).
+        model_id: the name the card's usage example loads (a Hub id or the final folder name; never a temporary one).
+        training_info: measured facts about the training run for the card (see ``build_model_card``).
+        metrics: measured evaluation results for the ``model-index`` (see ``load_evaluation_results``).
+        base_models / datasets: Hub ids for the card metadata.
+        built_on: Hub ids or model folders the weights come from (e.g. the CT-CLIP teacher): a Hub id is added to
+            ``base_model``; a folder passes on its own card's ``base_model`` and ``datasets``.
+        license / tags / model_name: for the card.
+        require_tokenizer: ``False`` accepts a folder without the report tokenizer (its source had none, as a CT-CLIP
+            conversion without ``--tokenizer``); every other check still applies.
+
+    Raises:
+        ValueError: the folder fails ``validate_hub_folder`` (every problem listed).
+    """
+    folder = Path(folder)
+    make_configs_portable(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    towers = config.get("towers") or []
+    auto_map = config.get("auto_map") or {}
+    if "cxr" in towers and "text" in towers and "AutoModel" in auto_map and ZERO_SHOT_AUTO_CLASS not in auto_map:
+        # Written by the configuration's to_dict on save; kept here for folders saved by an older version.
+        auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
+        config["auto_map"] = auto_map
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    bases, data = list(base_models), list(datasets)
+    for source in built_on:
+        more_bases, more_data = _inherited(source)
+        bases += [b for b in more_bases if b not in bases]
+        data += [d for d in more_data if d not in data]
+    logit_scale = None
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            if "logit_scale" in handle.keys():
+                logit_scale = float(handle.get_tensor("logit_scale"))
+    card = build_model_card(
+        config,
+        metrics=metrics,
+        training_info=training_info,
+        model_id=model_id or folder.name,
+        model_name=model_name,
+        license=license,
+        base_models=bases,
+        datasets=data,
+        tags=tags,
+        files=[f for f in folder_files(folder) if f[0] != "README.md"] + [("README.md", None)],
+        requirements=pip_requirements(folder),
+        logit_scale=logit_scale,
+    )
+    card.save(folder / "README.md")
+    check = validate_hub_folder(folder)
+    errors = [e for e in check.errors if require_tokenizer or not e.startswith("tokenizer files are missing")]
+    if errors:
+        raise ValueError(f"{folder} is not a complete Hub model folder:\n  - " + "\n  - ".join(errors))
+    return folder / "README.md"
+
+
+def save_model_folder(
+    model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    processor: Any = None,
+    image_processor: Any = None,
+    tokenizer: Any = None,
+    state_dict: Mapping[str, Any] | None = None,
+    in_place: bool = False,
+    **card: Any,
+) -> Path:
+    """``save_pretrained`` ``model`` (safetensors) and its processor or parts, then :func:`finish_model_folder`.
+
+    Args:
+        model: an X2CT-CLIP transformers model.
+        out_dir: the final folder. Replaced atomically: written as a temporary sibling and renamed when complete;
+            ``in_place=True`` writes into ``out_dir`` directly (the caller already writes into a temporary folder
+            that it renames, as the Trainer does).
+        processor / image_processor / tokenizer: what ``save_pretrained``s next to the weights.
+        state_dict: the full state (gathered under sharded training), passed on to ``save_pretrained``.
+        **card: keyword arguments of :func:`finish_model_folder` (``model_id`` defaults to ``out_dir``'s name).
+    """
+    out_dir = Path(out_dir)
+    card.setdefault("model_id", out_dir.name)
+    if in_place:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        for part in (processor, image_processor, tokenizer):
+            if part is not None:
+                part.save_pretrained(tmp)
+        finish_model_folder(tmp, **card)
+        if not in_place:
+            if out_dir.exists():
+                shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+            os.replace(tmp, out_dir)
+    except BaseException:
+        if not in_place:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def refresh_model_folder(folder: str | os.PathLike) -> list[str]:
+    """After a command added files to a finished folder (``evaluate calibrate``: ``calibration`` in config.json,
+    ``calibration.json``): make the configs portable again and rewrite the card's ``## Files`` table from what is in
+    the folder, keeping the rest of the card. Returns the folder's remaining Hub-folder errors (an older folder may
+    have some; they are the caller's to report, the edit itself is done)."""
+    import re
+
+    folder = Path(folder)
+    make_configs_portable(folder)
+    readme = folder / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        files = [f for f in folder_files(folder) if f[0] != "README.md"] + [("README.md", None)]
+        table = section_files(files)
+        new = re.sub(r"(\n## Files\n\n)(.*?)(\n\n## |\Z)", lambda m: m.group(1) + table + m.group(3), text,
+                     count=1, flags=re.DOTALL)
+        if new != text:
+            tmp = folder / ".README.md.tmp"
+            tmp.write_text(new, encoding="utf-8")
+            os.replace(tmp, readme)
+    return validate_hub_folder(folder).errors
