@@ -39,8 +39,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ import torch
 
 from .checkpoint_loading import brief_error
 from .configuration_x2ctclip import X2CTCLIPConfig, X2CTCLIPCTConfig
+from .fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -420,17 +419,10 @@ def convert_ctclip_checkpoint(
         output_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file where a folder should be, no permission
         raise ValueError(f"{output_dir}: cannot create its folder ({err.strerror or err}).") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 

@@ -10,25 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from x2ctclip.train.evaluation.metrics import (
-    jsonable,
-)
-from x2ctclip.train.evaluation.models import CLASSIFIER_ARCHITECTURE
+from x2ctclip.fileio import write_atomic
+from x2ctclip.train.evaluation.calibration import Calibrator, expected_calibration_error, reliability_diagram
 from x2ctclip.train.evaluation.cases import Cases
 from x2ctclip.train.evaluation.classification import fmt_number
-from x2ctclip.train.evaluation.provenance import provenance_record
-from x2ctclip.train.evaluation.provenance import write_json
-from x2ctclip.train.evaluation.models import compute_logits
-from x2ctclip.train.evaluation.models import encode_images
-from x2ctclip.train.evaluation.models import load_model
-from x2ctclip.train.evaluation.provenance import write_atomic
+from x2ctclip.train.evaluation.metrics import jsonable
+from x2ctclip.train.evaluation.models import CLASSIFIER_ARCHITECTURE, compute_logits, encode_images, load_model
+from x2ctclip.train.evaluation.provenance import provenance_record, write_json
 
 
 # ---------------------------------------------------------------------------------------------------------- calibration
 def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] | None, demo_file: bool = True) -> Path:
     """Store a calibration dict (``Calibrator.to_dict()``) as ``calibration`` in ``model_dir/config.json``, atomically
     (the other config entries are kept as they are); None removes it. For zero-shot models (no classifier head) also
-    write ``calibration.json``, the file the Space demo reads."""
+    write ``calibration.json``, the file the Space demo reads.
+
+    The model card's file table is not rewritten here (cards are the Hub room's job, which imports this one): the
+    command that calls this finishes the folder with :func:`x2ctclip.train.hub.folders.refresh_model_folder`."""
     model_dir = Path(model_dir)
     path = model_dir / "config.json"
     if not path.is_file():
@@ -48,9 +46,6 @@ def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] |
             demo.unlink(missing_ok=True)
         else:
             write_atomic(demo, json.dumps({"cxr": jsonable(calibration)}, indent=2) + "\n")
-    from x2ctclip.train.hub.folders import refresh_model_folder
-
-    refresh_model_folder(model_dir)  # the card's file table lists calibration.json; configs stay portable
     return path
 
 
@@ -76,8 +71,6 @@ def calibrate(
     finding before and after, a reliability diagram ``reliability_<tag>.png``, and (``save``) stores the calibration
     in the model folder's ``config.json`` (:func:`save_calibration`).
     """
-    from x2ctclip.train.evaluation.calibration import Calibrator, expected_calibration_error, reliability_diagram
-
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, device, ensemble, calibrated=False)
     latents = encode_images(loaded, cases.images, batch_size, progress)

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_curve
 
+from x2ctclip.calibration import CALIBRATION_KEYS, CALIBRATION_METHODS, apply_calibration
+from x2ctclip.fileio import open_atomic
 from x2ctclip.train.evaluation.metrics import check_labels, jsonable, to_numpy
 
 __all__ = [
@@ -45,7 +48,6 @@ __all__ = [
     "youden_thresholds",
 ]
 
-CALIBRATION_METHODS = ("temperature", "platt", "identity")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,8 +231,6 @@ def fit_platt(
 def _roc_columns(y: np.ndarray, s: np.ndarray, valid: np.ndarray):
     """Per column with both classes annotated: scikit-learn's ROC points (``roc_curve`` with every distinct annotated
     score kept: thresholds descending, ``score >= threshold`` positive); None for single-class columns."""
-    from sklearn.metrics import roc_curve  # lazy: the demo imports this module for Calibrator alone
-
     two = _two_classes(y, valid)
     out = []
     for j in range(s.shape[1]):
@@ -357,6 +357,7 @@ def reliability_diagram(
     Rendered with matplotlib's Agg canvas (no display, no global pyplot state); written to a temporary file in the
     target folder and renamed, so a failed write leaves nothing half-written. Returns the path.
     """
+    # matplotlib is imported here, not at the top: only the diagram needs it and it slows every command's start-up.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -394,15 +395,8 @@ def reliability_diagram(
     ax_hist.set_ylabel("count")
     fig.tight_layout()
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path, "wb") as handle:
+        fig.savefig(handle, format="png")
     return path
 
 
@@ -522,13 +516,9 @@ class Calibrator:
 
     def transform(self, logits: Any) -> Any:
         """Calibrated probabilities of ``(..., n_findings)`` logits; torch in -> torch out (same device / dtype)."""
-        if hasattr(logits, "detach") and hasattr(logits, "dtype"):  # torch.Tensor
-            import torch
-
+        if torch.is_tensor(logits):
             self._check_width(logits, "logits")
-            a = torch.tensor(self.slope, dtype=logits.dtype, device=logits.device)
-            b = torch.tensor(self.intercept, dtype=logits.dtype, device=logits.device)
-            return torch.sigmoid(logits * a + b)
+            return apply_calibration(logits, {"slope": self.slope, "intercept": self.intercept})
         z = to_numpy(logits, "logits")
         self._check_width(z, "logits")
         return _sigmoid(z * np.asarray(self.slope) + np.asarray(self.intercept))
@@ -541,9 +531,7 @@ class Calibrator:
             raise ValueError("this Calibrator has no thresholds; fit it with thresholds='youden' or a sensitivity.")
         probs = self.transform(logits)
         thr = np.nan_to_num(np.asarray(self.thresholds), nan=np.inf)
-        if hasattr(probs, "detach"):
-            import torch
-
+        if torch.is_tensor(probs):
             return probs >= torch.tensor(thr, dtype=probs.dtype, device=probs.device)
         return probs >= thr
 
@@ -569,8 +557,7 @@ class Calibrator:
         missing = [k for k in ("method", "slope", "intercept") if k not in data]
         if missing:
             raise ValueError(f"Calibrator dict is missing {missing}.")
-        unknown = set(data) - {"format_version", "method", "finding_names", "slope", "intercept", "thresholds",
-                               "threshold_method"}  # fmt: skip
+        unknown = set(data) - set(CALIBRATION_KEYS)
         if unknown:
             raise ValueError(f"Calibrator dict has unknown keys {sorted(unknown)}.")
         version = data.get("format_version", 1)

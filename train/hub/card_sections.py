@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from x2ctclip.train.hub.results import EvaluationResult
-from x2ctclip.train.hub.metadata import TEMPLATE_PATH
-from x2ctclip.train.hub.metadata import LICENSE_NAMES
+from safetensors import safe_open
+from transformers.dynamic_module_utils import get_imports
 
+from x2ctclip.train.hub.metadata import LICENSE_NAMES, TEMPLATE_PATH
+from x2ctclip.train.hub.results import EvaluationResult
 
 # Remote-code import names whose pip distribution has another name.
 _PIP_NAMES = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml", "skimage": "scikit-image"}
@@ -263,8 +264,6 @@ def pip_requirements(folder: Path | None) -> list[str]:
     """pip names of the third-party packages the folder's remote code imports."""
     if folder is None:
         return []
-    from transformers.dynamic_module_utils import get_imports
-
     names: set[str] = set()
     local = {p.stem for p in folder.glob("*.py")}
     for path in folder.glob("*.py"):
@@ -418,6 +417,15 @@ def render(card_data: ModelCardData, **sections: Any) -> ModelCard:
 # --------------------------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------------------------
+
+
+def saved_logit_scale(folder: Path) -> float | None:
+    """The trained ``logit_scale`` in ``folder/model.safetensors`` (read alone, not the whole state), or None."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        return float(handle.get_tensor("logit_scale")) if "logit_scale" in handle.keys() else None
 
 
 def folder_files(folder: Path) -> list[tuple[str, int]]:

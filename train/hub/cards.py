@@ -10,30 +10,38 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from x2ctclip.train.hub.metadata import CTCLIP_CITATION
-from x2ctclip.train.hub.metadata import CTCLIP_DATASET
-from x2ctclip.train.hub.metadata import CTCLIP_LICENSE
-from x2ctclip.train.hub.metadata import CXR_BERT
-from x2ctclip.train.hub.metadata import DEFAULT_TAGS
-from x2ctclip.train.hub.metadata import LIBRARY_NAME
-from x2ctclip.train.hub.metadata import PIPELINE_TAG
-from x2ctclip.train.hub.metadata import X2CTCLIP_CITATION
-from x2ctclip.train.hub.card_sections import config_dict
-from x2ctclip.train.hub.card_sections import section_evaluation
-from x2ctclip.train.hub.card_sections import section_files
-from x2ctclip.train.hub.card_sections import folder_files
-from x2ctclip.train.hub.metadata import is_repo_id
-from x2ctclip.train.hub.validation import license_problems
-from x2ctclip.train.hub.card_sections import section_license
-from x2ctclip.train.hub.card_sections import bullet_list
-from x2ctclip.train.hub.card_sections import section_prompts
-from x2ctclip.train.hub.card_sections import render
-from x2ctclip.train.hub.card_sections import pip_requirements
-from x2ctclip.train.hub.card_sections import towers_details
-from x2ctclip.train.hub.card_sections import section_training
-from x2ctclip.train.hub.card_sections import section_usage
+from tqdm.auto import tqdm
+
+from x2ctclip.fileio import write_atomic
+from x2ctclip.train.hub.card_sections import (
+    bullet_list,
+    config_dict,
+    folder_files,
+    pip_requirements,
+    render,
+    saved_logit_scale,
+    section_evaluation,
+    section_files,
+    section_license,
+    section_prompts,
+    section_training,
+    section_usage,
+    towers_details,
+)
+from x2ctclip.train.hub.metadata import (
+    CTCLIP_CITATION,
+    CTCLIP_DATASET,
+    CTCLIP_LICENSE,
+    CXR_BERT,
+    DEFAULT_TAGS,
+    LIBRARY_NAME,
+    PIPELINE_TAG,
+    X2CTCLIP_CITATION,
+    is_repo_id,
+)
+from x2ctclip.train.hub.portable import make_configs_portable
 from x2ctclip.train.hub.results import load_evaluation_results
-from x2ctclip.train.hub.validation import validate_card
+from x2ctclip.train.hub.validation import license_problems, validate_card
 
 
 def build_model_card(
@@ -292,8 +300,6 @@ def write_ctclip_model_card(
         raise ValueError(f"{config_path}: towers {towers} are not a CT-CLIP conversion (needs 'ct' and 'text').")
     digest = None
     if source_checkpoint is not None and compute_sha256:
-        from tqdm.auto import tqdm
-
         sha = hashlib.sha256()
         size = Path(source_checkpoint).stat().st_size
         with open(source_checkpoint, "rb") as handle, tqdm(
@@ -304,13 +310,7 @@ def write_ctclip_model_card(
                 bar.update(len(block))
         digest = sha.hexdigest()
     has_tokenizer = (out_dir / "tokenizer_config.json").is_file()
-    logit_scale = None
-    if (out_dir / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(out_dir / "model.safetensors"), framework="pt") as handle:
-            if "logit_scale" in handle.keys():
-                logit_scale = float(handle.get_tensor("logit_scale"))
+    logit_scale = saved_logit_scale(out_dir)
     card = build_ctclip_model_card(
         config,
         source_checkpoint=source_checkpoint,
@@ -325,10 +325,6 @@ def write_ctclip_model_card(
     problems = validate_card(card, towers=towers)
     if problems:
         raise ValueError("The CT-CLIP model card is invalid: " + "; ".join(problems))
-    from x2ctclip.train.hub.folders import make_configs_portable
-
     make_configs_portable(out_dir)  # e.g. the tokenizer's name_or_path: the folder it was copied from
-    tmp = out_dir / ".README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, out_dir / "README.md")
+    write_atomic(out_dir / "README.md", str(card))
     return out_dir / "README.md"

@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from x2ctclip.train.hub.metadata import ZERO_SHOT_AUTO_CLASS
-from x2ctclip.train.hub.card_sections import folder_files
-from x2ctclip.train.hub.card_sections import pip_requirements
-from x2ctclip.train.hub.cards import build_model_card
-from x2ctclip.train.hub.validation import check_hub_folder
-from x2ctclip.train.hub.results import load_evaluation_results
 
+from x2ctclip.fileio import atomic_dir, write_atomic
+from x2ctclip.train.hub.card_sections import folder_files, pip_requirements
+from x2ctclip.train.hub.cards import build_model_card
+from x2ctclip.train.hub.metadata import ZERO_SHOT_AUTO_CLASS
+from x2ctclip.train.hub.portable import make_configs_portable
+from x2ctclip.train.hub.results import load_evaluation_results
+from x2ctclip.train.hub.validation import check_hub_folder
 
 
 def _py_digests(folder: Path) -> dict[str, str]:
@@ -31,7 +30,7 @@ def _add_auto_map_entries(folder: Path, towers: Sequence[str]) -> None:
     auto_map = config.setdefault("auto_map", {})
     if "cxr" in towers and ZERO_SHOT_AUTO_CLASS not in auto_map and "AutoModel" in auto_map:
         auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _parameter_counts(model: Any) -> dict[str, int]:
@@ -41,12 +40,6 @@ def _parameter_counts(model: Any) -> dict[str, int]:
         if module is not None:
             counts[tower] = sum(p.numel() for m in (module, projection) if m is not None for p in m.parameters())
     return counts
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-    os.replace(tmp, out_dir)
 
 
 def save_for_hub(
@@ -112,9 +105,7 @@ def save_for_hub(
         raise ValueError(f"{out_dir}: exists and is not an empty folder; choose another one or pass overwrite=True.")
     load_evaluation_results(metrics)  # fail on malformed results before writing anything
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         model_code = _py_digests(tmp)
         processor.save_pretrained(tmp)
@@ -126,8 +117,6 @@ def save_for_hub(
                 "copied flat into one folder, so modeling_x2ctclip/ and processors/ must not share file names."
             )
         _add_auto_map_entries(tmp, towers)
-        from x2ctclip.train.hub.folders import make_configs_portable
-
         make_configs_portable(tmp)  # e.g. a tokenizer's name_or_path: the local folder it was loaded from
         card = build_model_card(
             config,
@@ -142,8 +131,4 @@ def save_for_hub(
         )
         card.save(tmp / "README.md")
         check_hub_folder(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from x2ctclip.train.hub.metadata import CTCLIP_LICENSE, ZERO_SHOT_AUTO_CLASS, is_repo_id
-from x2ctclip.train.hub.validation import PROSE_PATH, validate_hub_folder
-from x2ctclip.train.hub.card_sections import section_files, folder_files, bullet_list, pip_requirements
+from huggingface_hub import metadata_load
+
+from x2ctclip.fileio import atomic_dir, write_atomic
+from x2ctclip.processors.tokenization import MINILM_NAMES
+from x2ctclip.train.hub.card_sections import (
+    bullet_list,
+    folder_files,
+    pip_requirements,
+    saved_logit_scale,
+    section_files,
+)
 from x2ctclip.train.hub.cards import build_model_card
+from x2ctclip.train.hub.metadata import CTCLIP_LICENSE, ZERO_SHOT_AUTO_CLASS, is_repo_id
+from x2ctclip.train.hub.portable import make_configs_portable, portable_reference
+from x2ctclip.train.hub.validation import PROSE_PATH, validate_hub_folder
 
 __all__ = [
     "finish_model_folder",
@@ -32,76 +42,8 @@ __all__ = [
     "save_model_folder",
 ]
 
-# JSON files whose string values may record where a tower was loaded from (tokenizer.json only holds the vocabulary).
-_CONFIG_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def _known_hub_ids() -> dict[str, str]:
-    """Local folders of models shipped as packages -> the Hub id they are a copy of."""
-    known = {}
-    try:
-        from x2ctclip.processors.tokenization import MINILM_NAMES, minilm_model_dir
-
-        known[str(Path(minilm_model_dir()).resolve())] = MINILM_NAMES[1]
-    except Exception:  # the MiniLM package is optional: nothing to map then
-        pass
-    return known
-
-
-def portable_reference(value: str, folder: Path | None = None) -> str:
-    """What a saved configuration should record instead of a local path ``value``.
-
-    A Hub id stays; a shipped model's folder becomes its Hub id (all-MiniLM-L6-v2); a path inside ``folder`` becomes
-    relative to it; any other local path becomes its last component (a folder name says what it was without naming
-    the machine that trained it). Temporary names (``.tmp-*``, ``.name.xxxx``) become the empty string.
-    """
-    if not isinstance(value, str) or not value or not os.path.isabs(value):
-        return value
-    path = Path(value)
-    known = _known_hub_ids().get(str(path.resolve()) if path.exists() else str(path))
-    if known:
-        return known
-    if folder is not None:
-        try:
-            return path.resolve().relative_to(folder.resolve()).as_posix() or "."
-        except ValueError:
-            pass
-    name = path.name
-    return "" if name.startswith(".") else name
-
-
-def _scrub(value: Any, folder: Path, changed: list[str], where: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _scrub(v, folder, changed, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v, folder, changed, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str) and os.path.isabs(value) and value.count("/") >= 2:
-        new = portable_reference(value, folder)
-        if new != value:
-            changed.append(where)
-        return new
-    return value
-
-
-def make_configs_portable(folder: Path) -> list[str]:
-    """Rewrite absolute local paths in the folder's JSON configuration files; returns the keys changed."""
-    changed: list[str] = []
-    for name in _CONFIG_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text(encoding="utf-8"))
-        before = len(changed)
-        data = _scrub(data, folder, changed, name)
-        if len(changed) > before:
-            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return changed
-
-
 def read_card_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     """The YAML metadata of ``folder/README.md`` parsed by huggingface_hub ({} without a card)."""
-    from huggingface_hub import metadata_load
-
     readme = Path(folder) / "README.md"
     if not readme.is_file():
         return {}
@@ -114,10 +56,6 @@ def _inherited(source: str | os.PathLike | None) -> tuple[list[str], list[str]]:
     if not source:
         return [], []
     source = str(source)
-    try:
-        from x2ctclip.processors.tokenization import MINILM_NAMES
-    except ImportError:
-        MINILM_NAMES = ()
     if source in MINILM_NAMES:  # shipped offline as a package; it is a copy of this Hub model
         return [MINILM_NAMES[-1]], []
     if not Path(source).exists():
@@ -189,19 +127,13 @@ def finish_model_folder(
         # Written by the configuration's to_dict on save; kept here for folders saved by an older version.
         auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
         config["auto_map"] = auto_map
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     bases, data = list(base_models), list(datasets)
     for source in built_on:
         more_bases, more_data = _inherited(source)
         bases += [b for b in more_bases if b not in bases]
         data += [d for d in more_data if d not in data]
-    logit_scale = None
-    if (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
-            if "logit_scale" in handle.keys():
-                logit_scale = float(handle.get_tensor("logit_scale"))
+    logit_scale = saved_logit_scale(folder)
     card = build_model_card(
         config,
         metrics=metrics,
@@ -248,26 +180,20 @@ def save_model_folder(
     """
     out_dir = Path(out_dir)
     card.setdefault("model_id", out_dir.name)
-    if in_place:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, state_dict=state_dict)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, state_dict=state_dict)
         for part in (processor, image_processor, tokenizer):
             if part is not None:
-                part.save_pretrained(tmp)
-        finish_model_folder(tmp, **card)
-        if not in_place:
-            if out_dir.exists():
-                shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-            os.replace(tmp, out_dir)
-    except BaseException:
-        if not in_place:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                part.save_pretrained(folder)
+        finish_model_folder(folder, **card)
+
+    if in_place:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write(out_dir)
+    else:
+        with atomic_dir(out_dir) as tmp:
+            write(tmp)
     return out_dir
 
 
@@ -276,8 +202,6 @@ def refresh_model_folder(folder: str | os.PathLike) -> list[str]:
     ``calibration.json``): make the configs portable again and rewrite the card's ``## Files`` table from what is in
     the folder, keeping the rest of the card. Returns the folder's remaining Hub-folder errors (an older folder may
     have some; they are the caller's to report, the edit itself is done)."""
-    import re
-
     folder = Path(folder)
     make_configs_portable(folder)
     readme = folder / "README.md"
@@ -288,7 +212,5 @@ def refresh_model_folder(folder: str | os.PathLike) -> list[str]:
         new = re.sub(r"(\n## Files\n\n)(.*?)(\n\n## |\Z)", lambda m: m.group(1) + table + m.group(3), text,
                      count=1, flags=re.DOTALL)
         if new != text:
-            tmp = folder / ".README.md.tmp"
-            tmp.write_text(new, encoding="utf-8")
-            os.replace(tmp, readme)
+            write_atomic(readme, new)
     return validate_hub_folder(folder).errors

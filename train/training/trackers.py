@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from accelerate.tracking import GeneralTracker
 
+from x2ctclip.fileio import open_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,10 @@ class CSVLogger:
             return list(reader.fieldnames or []), list(reader)
 
     def _write(self, header: list[str], rows: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with open_atomic(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def truncate(self, step: int) -> None:
         header, rows = self._read()
@@ -59,8 +59,6 @@ def csv_tracker(output_dir: Path):
     """An Accelerate tracker (``GeneralTracker``) writing ``train_log.csv`` and ``eval_log.csv`` (one
     :class:`CSVLogger` per key prefix ``train/`` and ``eval/``); Accelerate ships no CSV tracker. ``start_step``,
     set before ``init_trackers``, truncates rows written after it (on resume)."""
-    from accelerate.tracking import GeneralTracker
-
     class CSVTracker(GeneralTracker):
         name = "csv"
         requires_logging_directory = False
