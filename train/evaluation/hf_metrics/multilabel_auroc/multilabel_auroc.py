@@ -1,15 +1,14 @@
 """`evaluate` module: multi-label AUROC (per finding, macro, micro, weighted), offline.
 
-Load it with ``x2ctclip.train.metrics.load_metric("multilabel_auroc")`` (or ``evaluate.load`` on this file's path).
-The computation is :func:`x2ctclip.train.metrics.roc_auc`; see that module for the conventions (NaN labels are
+Load it with ``x2ctclip.train.evaluation.metrics.load_metric("multilabel_auroc")`` (or ``evaluate.load`` on this file's path).
+The computation is :func:`x2ctclip.train.evaluation.metrics.roc_auc`; see that module for the conventions (NaN labels are
 masked; single-class findings get NaN and are left out of the macro / weighted averages).
 """
 
-import datasets
 import evaluate
-import numpy as np
 
-from x2ctclip.train.metrics import jsonable, roc_auc
+from x2ctclip.train.evaluation.metric_modules import averaged_per_finding, multilabel_info
+from x2ctclip.train.evaluation.metrics import roc_auc
 
 _DESCRIPTION = """Area under the ROC curve of every finding of a multi-label classifier, with macro, micro and
 weighted (by positives) averages. Findings with a single class among the annotated cases are reported as None and
@@ -24,7 +23,8 @@ Returns:
     `roc_auc_macro`, `roc_auc_micro`, `roc_auc_weighted` (float or None) and `roc_auc_per_finding`
     (list, or dict keyed by finding name; None where undefined).
 Examples:
-    >>> from x2ctclip.train.metrics import load_metric
+    >>> from x2ctclip.train.evaluation.metric_modules import averaged_per_finding, multilabel_info
+from x2ctclip.train.evaluation.metrics import roc_auc
     >>> auroc = load_metric("multilabel_auroc")
     >>> out = auroc.compute(predictions=[[0.9, 0.2], [0.1, 0.8], [0.7, 0.6]], references=[[1, 0], [0, 1], [0, 1]])
     >>> round(out["roc_auc_macro"], 3)
@@ -41,32 +41,8 @@ _CITATION = """@article{hanley1982meaning,
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MultilabelAuroc(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.roc_auc_score.html"],
-        )
+        return multilabel_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                               "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.roc_auc_score.html")
 
     def _compute(self, predictions, references, finding_names=None):
-        y_score = np.asarray(predictions, dtype=np.float64)
-        y_true = np.asarray(references, dtype=np.float64)
-        per_finding = roc_auc(y_true, y_score, average=None)
-        if finding_names is not None:
-            if len(finding_names) != len(per_finding):
-                raise ValueError(f"finding_names has {len(finding_names)} names for {len(per_finding)} findings.")
-            per_finding = dict(zip(finding_names, per_finding))
-        return jsonable(
-            {
-                "roc_auc_macro": roc_auc(y_true, y_score, average="macro"),
-                "roc_auc_micro": roc_auc(y_true, y_score, average="micro"),
-                "roc_auc_weighted": roc_auc(y_true, y_score, average="weighted"),
-                "roc_auc_per_finding": per_finding,
-            }
-        )
+        return averaged_per_finding(roc_auc, "roc_auc", predictions, references, finding_names)

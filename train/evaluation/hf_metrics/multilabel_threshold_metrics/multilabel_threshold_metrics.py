@@ -1,14 +1,14 @@
 """`evaluate` module: precision, recall, F1 and specificity of a multi-label classifier at an operating point.
 
-Load it with ``x2ctclip.train.metrics.load_metric("multilabel_threshold_metrics")``. The computation is
-:func:`x2ctclip.train.metrics.precision_recall_f1` (``score >= threshold`` is positive; NaN labels masked).
+Load it with ``x2ctclip.train.evaluation.metrics.load_metric("multilabel_threshold_metrics")``. The computation is
+:func:`x2ctclip.train.evaluation.metrics.precision_recall_f1` (``score >= threshold`` is positive; NaN labels masked).
 """
 
-import datasets
 import evaluate
 import numpy as np
 
-from x2ctclip.train.metrics import jsonable, precision_recall_f1
+from x2ctclip.train.evaluation.metric_modules import multilabel_info
+from x2ctclip.train.evaluation.metrics import jsonable, precision_recall_f1
 
 _DESCRIPTION = """Precision, recall (sensitivity), F1 and specificity of every finding at a global or per-finding
 threshold, with macro, micro and weighted averages."""
@@ -23,7 +23,7 @@ Returns:
     `{average}_{metric}` for average in macro / micro / weighted and metric in precision / recall / f1 /
     specificity, and per-finding lists `precision`, `recall`, `f1`, `specificity`, `support`.
 Examples:
-    >>> from x2ctclip.train.metrics import load_metric
+    >>> from x2ctclip.train.evaluation.metrics import load_metric
     >>> m = load_metric("multilabel_threshold_metrics")
     >>> out = m.compute(predictions=[[0.9, 0.2], [0.1, 0.8], [0.7, 0.6]], references=[[1, 0], [0, 1], [0, 1]])
     >>> out["macro_f1"]
@@ -39,20 +39,8 @@ _CITATION = """@article{pedregosa2011scikit,
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MultilabelThresholdMetrics(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=[
-                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_recall_fscore_support.html"
-            ],
-        )
+        return multilabel_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                               "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_recall_fscore_support.html")
 
     def _compute(self, predictions, references, threshold=0.5, zero_division=0.0):
         y_score = np.asarray(predictions, dtype=np.float64)

@@ -1,16 +1,16 @@
 """`evaluate` module: paired retrieval Recall@K and label-overlap MAP@K (CT-CLIP protocol), offline.
 
-Load it with ``x2ctclip.train.metrics.load_metric("retrieval")`` (Recall@K only) or with
+Load it with ``x2ctclip.train.evaluation.metrics.load_metric("retrieval")`` (Recall@K only) or with
 ``config_name="with_labels"`` (adds a ``labels`` input and MAP@K). Row ``i`` of ``predictions`` (query embedding)
 is paired with row ``i`` of ``references`` (gallery embedding); the computation is
-:func:`x2ctclip.train.retrieval.retrieval_metrics`.
+:func:`x2ctclip.train.evaluation.retrieval.retrieval_metrics`.
 """
 
 import datasets
 import evaluate
 import numpy as np
 
-from x2ctclip.train.retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT, retrieval_metrics
+from x2ctclip.train.evaluation.retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT, retrieval_metrics
 
 _DESCRIPTION = """Retrieval of paired items by cosine similarity: Recall@K (the paired item is among the K most
 similar) and, with finding labels, MAP@K as defined by CT-CLIP (mean label overlap |A and B| / |A or B| of the top-K
@@ -28,7 +28,7 @@ Args:
 Returns:
     `recall@K`, `map@K` (with labels), `n_queries`, `n_gallery`, `n_map_queries`, `median_rank`, `mean_rank`.
 Examples:
-    >>> from x2ctclip.train.metrics import load_metric
+    >>> from x2ctclip.train.evaluation.metrics import load_metric
     >>> m = load_metric("retrieval")
     >>> m.compute(predictions=[[1.0, 0.0], [0.0, 1.0]], references=[[0.9, 0.1], [0.2, 0.8]], recall_at=[1])["recall@1"]
     1.0
