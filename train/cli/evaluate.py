@@ -115,7 +115,6 @@ def run(args) -> int:
     from x2ctclip.train.evaluation.classification import classification_markdown, evaluate_classification
     from x2ctclip.train.evaluation.evaluate import evaluate_all
     from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval, retrieval_markdown
-    from x2ctclip.train.hub.folders import refresh_model_folder
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
@@ -135,8 +134,6 @@ def run(args) -> int:
             raise ValueError("evaluate calibrate: --data PREPROCESSED is required (the validation split).")
         record = calibrate(args.model, _cases(args), out, method=args.method, thresholds=args.thresholds,
                               n_bins=args.n_bins, save=not args.no_save, ensemble=args.ensemble, **common)  # fmt: skip
-        if not args.no_save:  # the card's file table now lists calibration.json; the configs stay portable
-            refresh_model_folder(args.model)
         print(calibration_markdown(record))
     else:
         split = None if str(args.calibration_split).lower() == "none" else args.calibration_split
@@ -146,8 +143,6 @@ def run(args) -> int:
                                  n_bootstrap=args.n_bootstrap, seed=args.seed, confidence=args.confidence,
                                  compare=args.compare, ensemble=args.ensemble, dataset_name=args.dataset_name,
                                  dataset_type=args.dataset_type, save=not args.no_save, **common)  # fmt: skip
-        if split is not None and not args.no_save:
-            refresh_model_folder(args.model)
         folder = Path(out) if out is not None else Path(args.model) / "evaluation"
         print((folder / "evaluation.md").read_text())
     return 0

@@ -23,10 +23,7 @@ from x2ctclip.train.evaluation.provenance import provenance_record, write_json
 def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] | None, demo_file: bool = True) -> Path:
     """Store a calibration dict (``Calibrator.to_dict()``) as ``calibration`` in ``model_dir/config.json``, atomically
     (the other config entries are kept as they are); None removes it. For zero-shot models (no classifier head) also
-    write ``calibration.json``, the file the Space demo reads.
-
-    The model card's file table is not rewritten here (cards are the Hub room's job, which imports this one): the
-    command that calls this finishes the folder with :func:`x2ctclip.train.hub.folders.refresh_model_folder`."""
+    write ``calibration.json``, the file the Space demo reads."""
     model_dir = Path(model_dir)
     path = model_dir / "config.json"
     if not path.is_file():
@@ -46,6 +43,10 @@ def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] |
             demo.unlink(missing_ok=True)
         else:
             write_atomic(demo, json.dumps({"cxr": jsonable(calibration)}, indent=2) + "\n")
+    # Imported here: the Hub room imports this module (demo assets), so a top-level import would be a cycle.
+    from x2ctclip.train.hub.folders import refresh_model_folder
+
+    refresh_model_folder(model_dir)  # the card's file table lists calibration.json; configs stay portable
     return path
 
 

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_curve
 
 from x2ctclip.calibration import CALIBRATION_KEYS, CALIBRATION_METHODS, apply_calibration
 from x2ctclip.fileio import open_atomic
@@ -47,7 +46,6 @@ __all__ = [
     "sensitivity_thresholds",
     "youden_thresholds",
 ]
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,6 +229,8 @@ def fit_platt(
 def _roc_columns(y: np.ndarray, s: np.ndarray, valid: np.ndarray):
     """Per column with both classes annotated: scikit-learn's ROC points (``roc_curve`` with every distinct annotated
     score kept: thresholds descending, ``score >= threshold`` positive); None for single-class columns."""
+    from sklearn.metrics import roc_curve  # lazy: the demo imports this module for Calibrator alone
+
     two = _two_classes(y, valid)
     out = []
     for j in range(s.shape[1]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import transformers
 
 import x2ctclip
-from x2ctclip.fileio import write_atomic
+from x2ctclip.fileio import write_atomic, write_json_atomic
 from x2ctclip.train.data.embedding_cache import model_fingerprint
 from x2ctclip.train.evaluation.metrics import jsonable
 
@@ -22,7 +21,7 @@ SOURCE = {"name": "x2ctclip evaluate"}
 
 
 def write_json(path: Path, record: dict[str, Any]) -> Path:
-    return write_atomic(path, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
+    return write_json_atomic(path, jsonable(record))
 
 
 def file_fingerprint(path: Path) -> str | None:
