@@ -95,7 +95,7 @@ def test_save_and_auto_processor_round_trip(tmp_path, inputs):
     saved = sorted(os.listdir(tmp_path))
     # The code travels with the config (Hub remote code): this module and everything it imports, flat.
     for module in ("processing_x2ctclip.py", "image_processing_cxr.py", "image_io.py", "image_processing_volume.py",
-                   "volume_io.py", "tokenization.py"):  # fmt: skip
+                   "volume_io.py", "ct_volume.py", "nifti_io.py", "dicom_series.py", "tokenization.py"):  # fmt: skip
         assert module in saved
     config = json.loads((tmp_path / "processor_config.json").read_text())
     assert config["auto_map"]["AutoProcessor"] == "processing_x2ctclip.X2CTCLIPProcessor"

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from x2ctclip.processors import X2CTCLIPVolumeProcessor, ct_rate_affine, load_ct
-from x2ctclip.processors import volume_io
+from x2ctclip.processors import nifti_io, volume_io
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_array_inputs_with_affine_or_orientation_match_the_file(ct_rate_file):
 
 def test_gzip_fallback_without_isal_gives_the_same_volume(ct_rate_file, monkeypatch):
     fast = load_ct(ct_rate_file, rescale=(1.0, -1024.0), affine=ct_rate_affine(0.8, 2.0))
-    monkeypatch.setattr(volume_io, "_igzip", None)
+    monkeypatch.setattr(nifti_io, "_igzip", None)  # the NIfTI decoder falls back to the standard gzip
     slow = load_ct(ct_rate_file, rescale=(1.0, -1024.0), affine=ct_rate_affine(0.8, 2.0))
     np.testing.assert_array_equal(fast.array, slow.array)
 
@@ -381,14 +381,14 @@ def test_bad_file_inputs_raise_value_error_naming_the_file(bad_inputs, case, ct_
 
 
 def test_budget_is_checked_before_decoding(ct_rate_file, monkeypatch):
-    read = volume_io._read_exactly
+    read = nifti_io._read_exactly  # the NIfTI decoder's own chunked reader
 
     def header_only(fh, buffer):  # the decoder may read the header, nothing more
-        if len(buffer) > volume_io._HEADER_BYTES:
+        if len(buffer) > nifti_io._HEADER_BYTES:
             raise AssertionError("decoded before the budget check")
         return read(fh, buffer)
 
-    monkeypatch.setattr(volume_io, "_read_exactly", header_only)
+    monkeypatch.setattr(nifti_io, "_read_exactly", header_only)
     with pytest.raises(ValueError, match="memory budget"):
         small_processor(max_voxels=1000)(ct_rate_file, affine=ct_rate_affine(0.8, 2.0))
 
