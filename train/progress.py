@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-
-
+from tqdm.auto import tqdm
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "vol", disable: bool | None = None):
-    """A tqdm bar (shared by the preprocessing and caching commands)."""
-    from tqdm.auto import tqdm
-
+    """A tqdm bar (preprocessing, caching, training). ``disable=None`` hides it when stderr is not a terminal."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)

@@ -3,6 +3,7 @@ the model folder at the end."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -14,15 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
+from x2ctclip.fileio import replace_dir, write_json_atomic
+from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor, X2CTCLIPVolumeProcessor
+from x2ctclip.train.hub.folders import finish_model_folder, run_training_info
+from x2ctclip.train.progress import progress_bar
 from x2ctclip.train.training.config import TrainConfig
-from x2ctclip.train.training.sampler import GlobalBatchSampler
-from x2ctclip.train.training.stage import TrainResult
-from x2ctclip.train.training.stage import TrainerCallback
-from x2ctclip.train.training.stage import TrainingStage
-from x2ctclip.train.training.sampler import KeyedDataset
+from x2ctclip.train.training.sampler import GlobalBatchSampler, KeyedDataset
+from x2ctclip.train.training.stage import TrainerCallback, TrainingStage, TrainResult
 from x2ctclip.train.training.trackers import csv_tracker
 
 logger = logging.getLogger(__name__)
@@ -73,12 +82,6 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path | None:
 
 
 def _build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
     if config.lr_scheduler == "constant":
         return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
     if config.lr_scheduler == "cosine":
@@ -105,12 +108,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # default=str: a config may hold paths; NaN stays allowed (a diverged run's loss is still recorded).
+    write_json_atomic(path, obj, default=str, allow_nan=True)
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
@@ -146,9 +145,6 @@ class Trainer:
     def _make_accelerator(self, find_unused: bool):
         """Accelerate does the gradient accumulation (``accumulate()``: no DDP sync and loss / N on the micro-steps
         before the last) and the logging (its TensorBoard tracker and :func:`csv_tracker`)."""
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available
-
         trackers: list[Any] = []
         if "csv" in self.config.report_to:
             trackers.append(csv_tracker(self.output_dir))
@@ -187,6 +183,7 @@ class Trainer:
         acc = self.accelerator
         name = f"{CHECKPOINT_PREFIX}{step:07d}"
         final = self.output_dir / name
+        # Every rank saves its part into this one folder, so its name is fixed (atomic_dir's would differ per rank).
         tmp = self.output_dir / f"{_TMP_PREFIX}{name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -196,9 +193,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             _write_json(tmp / TRAINER_STATE, state)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_dir(tmp, final)
             self._prune_checkpoints()
         acc.wait_for_everyone()
         return final
@@ -215,9 +210,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def train(self) -> TrainResult:
-        from accelerate import PartialState
-        from accelerate.utils import set_seed
-
         config = self.config
         self._check_precision()
         state = PartialState(cpu=_cpu_only())
@@ -225,8 +217,9 @@ class Trainer:
         if state.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             # Leftovers of a run killed while writing a checkpoint.
-            for child in self.output_dir.glob(f"{_TMP_PREFIX}{CHECKPOINT_PREFIX}*"):
-                shutil.rmtree(child, ignore_errors=True)
+            for pattern in (f"{_TMP_PREFIX}{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*.old.*", ".model.old.*"):
+                for child in self.output_dir.glob(pattern):  # replace_dir's old copies
+                    shutil.rmtree(child, ignore_errors=True)
         state.wait_for_everyone()
 
         self.stage.setup(config)
@@ -306,12 +299,8 @@ class Trainer:
         def log(step: int, values: dict[str, float]) -> None:
             acc.log(values, step=step)  # NaN values too, as the CSV log wrote them before
 
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_steps, initial=start_step, desc=f"train {self.stage.name}", unit="step",
-            disable=not (acc.is_main_process and config.progress_bar), dynamic_ncols=True,
-        )
+        bar = progress_bar(total_steps, initial=start_step, desc=f"train {self.stage.name}", unit="step",
+                           disable=not (acc.is_main_process and config.progress_bar))
         for cb in self.callbacks:
             cb.on_train_begin(self)
 
@@ -414,9 +403,7 @@ class Trainer:
             tmp.mkdir(parents=True)
             unwrapped.eval()
             self.stage.save_final(self.stage_model(unwrapped), tmp, result, state_dict)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_dir(tmp, final)
             result.model_dir = str(final)
             _write_json(self.output_dir / "train_result.json", result.to_dict())
             for tracker in acc.trackers:  # not acc.end_training(): that also ends the process group
@@ -469,8 +456,6 @@ def build_processor(
 ):
     """The ``X2CTCLIPProcessor`` saved with a trained model: CXR processor at ``image_size`` (Resize + CenterCrop, the
     evaluation transform), CT volume processor with the preprocessing parameters of the training data, tokenizer."""
-    from x2ctclip.processors import X2CTCLIPImageProcessor, X2CTCLIPProcessor, X2CTCLIPVolumeProcessor
-
     image = X2CTCLIPImageProcessor(size=image_size, crop_size=image_size, image_mean=image_mean, image_std=image_std)
     volume = X2CTCLIPVolumeProcessor(**(volume_processor_kwargs or {}))
     return X2CTCLIPProcessor(image_processor=image, volume_image_processor=volume, tokenizer=tokenizer,
@@ -485,10 +470,6 @@ def volume_processor_kwargs(data_dir: str | os.PathLike) -> dict[str, Any]:
     values = json.loads(path.read_text())
     params = values.get("volume_processor") or {}
     # Keep only the constructor arguments (the recorded dict may carry class names and versions).
-    import inspect
-
-    from x2ctclip.processors import X2CTCLIPVolumeProcessor
-
     accepted = set(inspect.signature(X2CTCLIPVolumeProcessor.__init__).parameters) - {"self", "kwargs"}
     return {k: v for k, v in params.items() if k in accepted}
 
@@ -499,8 +480,6 @@ def write_model_card(folder: Path, title: str, summary: str, config: TrainConfig
     run's measured facts (steps, runtime, final loss, last validation metrics) and its options, then validated as a
     Hub folder (``auto_map``, remote code, processor, tokenizer, no local path). ``folder`` may be a temporary name:
     the card names the final folder (``model``)."""
-    from x2ctclip.train.hub.folders import finish_model_folder, run_training_info
-
     info = run_training_info(title, summary, config.to_dict(), result.to_dict(), extra)
     # The weights a stage starts from: the CT-CLIP teacher (x2ct) or the pretrained report tower (ctclip). A Hub id
     # goes on the card as base_model; a local folder passes on its own card's base models and data sets.
