@@ -1,4 +1,4 @@
-"""Tiny on-disk inputs for the evaluation and few-shot tests: a preprocessed folder (CONTRACTS.md columns) with
+"""Tiny on-disk inputs for the evaluation and few-shot tests: a preprocessed folder (the columns of docs/data_pipeline.md) with
 signal in the simulated CXRs, and model folders (tiny towers, WordPiece tokenizer, processor) made in a second.
 
 Finding ``k`` of a row brightens a horizontal band of its CXR (rows ``(k % 9) * 4`` to ``+ 4``) and of its CT, and

@@ -1,5 +1,5 @@
 """Tiny on-disk inputs for the trainer tests: preprocessed shards, a CT-CLIP model folder and an embedding cache,
-in the formats of CONTRACTS.md, made directly (no CT simulation) so that each test builds them in well under a second.
+in the formats of docs/data_pipeline.md, made directly (no CT simulation) so that each test builds them in well under a second.
 
 Rows carry signal: finding ``k`` of a row brightens band ``k`` of its CT and of its CXR and is named in its report,
 so a few training steps lower the loss. Importable from tests (``from scripts.train_fixtures import ...``) and from

@@ -24,8 +24,8 @@ EMBEDDING_CACHE_CONFIG = "cache_config.json"
 
 # ------------------------------------------------------------------------------------------- preprocessed datasets
 def preprocessed_features(shape: Sequence[int], cxr_size: int):
-    """``datasets.Features`` of a preprocessed split (``CONTRACTS.md``): ``ct`` int16 ``shape`` (D, H, W) in HU,
-    ``cxr`` uint8 ``(cxr_size, cxr_size)``."""
+    """``datasets.Features`` of a preprocessed split (docs/data_pipeline.md, "Preprocessing once"): ``ct`` int16
+    ``shape`` (D, H, W) in HU, ``cxr`` uint8 ``(cxr_size, cxr_size)``."""
     from datasets import Array2D, Array3D, Features, Sequence, Value
 
     return Features(
