@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from x2ctclip.train.data.release import NUM_FINDINGS
+import torch
+
+from x2ctclip.train.data.release import NUM_FINDINGS, group_key
 from x2ctclip.train.data.shards import ShardedSplitWriter
-from x2ctclip.train.data.release import group_key
 from x2ctclip.train.data.streaming import select_one_recon_per_scan
 
 #: File name of the parameters of a preprocessed folder (``OUT/preprocess_config.json``).
@@ -26,6 +27,7 @@ EMBEDDING_CACHE_CONFIG = "cache_config.json"
 def preprocessed_features(shape: Sequence[int], cxr_size: int):
     """``datasets.Features`` of a preprocessed split (docs/data_pipeline.md, "Preprocessing once"): ``ct`` int16
     ``shape`` (D, H, W) in HU, ``cxr`` uint8 ``(cxr_size, cxr_size)``."""
+    # start-up: datasets (about 1 s) loads only when a folder is read or written
     from datasets import Array2D, Array3D, Features, Sequence, Value
 
     return Features(
@@ -42,6 +44,7 @@ def preprocessed_features(shape: Sequence[int], cxr_size: int):
 
 def embedding_cache_features(projection_dim: int):
     """``datasets.Features`` of an embedding-cache split: L2-normalised float32 latents of ``projection_dim``."""
+    # start-up: datasets (about 1 s) loads only when a folder is read or written
     from datasets import Features, Sequence, Value
 
     return Features(
@@ -56,7 +59,7 @@ def embedding_cache_features(projection_dim: int):
 
 
 def _load_split(path: str | os.PathLike, split: str, what: str, config_name: str):
-    from datasets import load_from_disk
+    from datasets import load_from_disk  # start-up: datasets (about 1 s) loads only when a folder is read or written
 
     folder = Path(path) / split
     if not (folder / "state.json").is_file():
@@ -107,8 +110,6 @@ def ct_values_from_ct(ct, *, hu_scale: float = 1000.0, device=None):
     """Stored int16 HU ``(..., D, H, W)`` -> the volume processor's ``ct_values`` ``(..., 1, D, H, W)`` float32
     tensor (``ct / 1000``). Accepts numpy arrays (read-only memory maps included) and torch tensors; with ``device``
     the int16 data moves first and is converted there (a quarter of the bytes of float32)."""
-    import torch
-
     if not isinstance(ct, torch.Tensor):
         array = np.asarray(ct)
         with warnings.catch_warnings():  # a read-only view (memory map) is only read: the conversion below copies
@@ -142,8 +143,6 @@ class _PreprocessedCollator:
         self.ct_dtype = ct_dtype
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, Any]:
-        import torch
-
         batch: dict[str, Any] = {}
         if "ct" in examples[0]:
             ct = np.stack([np.asarray(e["ct"]) for e in examples])

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 
 from x2ctclip.findings import CT_RATE_FINDINGS
 
@@ -165,8 +166,6 @@ def resolve_data_root(root: str | os.PathLike, storage_options: Mapping[str, Any
     Returns:
         ``(fs, base)``: the filesystem and the root path in that filesystem's own notation (no protocol).
     """
-    import fsspec
-
     url = os.fspath(root)
     if not url:
         raise ValueError("The data root is empty; give a folder or an hf://datasets/... URL.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import posixpath
@@ -11,24 +12,29 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import fsspec
 import numpy as np
-from x2ctclip.train.data.release import CT_RATE_NO_CHEST
-from x2ctclip.train.data.release import NUM_FINDINGS
-from x2ctclip.train.data.release import TABLES
-from x2ctclip.train.data.release import is_local
-from x2ctclip.train.data.release import parse_volume_name
-from x2ctclip.train.data.release import read_no_chest
-from x2ctclip.train.data.release import resolve_data_root
-from x2ctclip.train.data.release import resolve_release
-from x2ctclip.train.data.release import table_path
-from x2ctclip.train.data.release import volume_folder
-from x2ctclip.train.data.release import volume_stem
 
+from x2ctclip.processors.tokenization import clean_report
+from x2ctclip.processors.volume_io import check_hu, decode_nifti
+from x2ctclip.train.data.release import (
+    CT_RATE_NO_CHEST,
+    NUM_FINDINGS,
+    TABLES,
+    is_local,
+    parse_volume_name,
+    read_no_chest,
+    resolve_data_root,
+    resolve_release,
+    table_path,
+    volume_folder,
+    volume_stem,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
 def _read_csv(fs, path: str, what: str, required: bool = True):
-    import pandas as pd
+    import pandas as pd  # start-up: pandas loads only when a table is read
 
     if not fs.exists(path):
         if required:
@@ -93,8 +99,6 @@ def ct_rate_table(
         FileNotFoundError: a required table is missing.
         ValueError: a table lacks a column, has duplicated or malformed volume names, or non-binary labels.
     """
-    from x2ctclip.processors.tokenization import clean_report
-
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}.")
     fs, base = resolve_data_root(root, storage_options)
@@ -143,8 +147,6 @@ def ct_rate_table(
         excluded = int(keys.isin(list(no_chest)).sum())
         keys = keys[~keys.isin(list(no_chest))]
         if excluded:
-            import logging
-
             logging.getLogger(__name__).warning(
                 "%s: %d %s volumes are in %s (not chest CTs) and are left out (--keep-non-chest keeps them).",
                 root, excluded, split, CT_RATE_NO_CHEST[split])
@@ -179,7 +181,7 @@ def ct_rate_table(
                 "z_spacing": z,
             }
         )
-    import pandas as pd
+    import pandas as pd  # start-up: pandas loads only when a table is read
 
     columns = ["VolumeName", "scan_id", "path", "report", "labels", "slope", "intercept", "xy_spacing", "z_spacing"]
     return pd.DataFrame(rows, columns=columns)
@@ -216,11 +218,7 @@ def read_ct_rate_volume(
         FileNotFoundError: no such file.
         ValueError: corrupt/truncated file, a header without orientation and no metadata spacing, values not in HU.
     """
-    from x2ctclip.processors.volume_io import check_hu, decode_nifti
-
     if fs is None:
-        import fsspec
-
         fs = fsspec.filesystem("file")
     source = path if is_local(fs) else fs.unstrip_protocol(path)
     blank_spacing = None if math.isnan(xy_spacing) or math.isnan(z_spacing) else (z_spacing, xy_spacing, xy_spacing)

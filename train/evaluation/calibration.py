@@ -358,8 +358,9 @@ def reliability_diagram(
     target folder and renamed, so a failed write leaves nothing half-written. Returns the path.
     """
     # matplotlib is imported here, not at the top: only the diagram needs it and it slows every command's start-up.
+    # start-up: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # start-up: matplotlib loads only when a figure is drawn
 
     path = Path(path)
     if path.suffix.lower() != ".png":

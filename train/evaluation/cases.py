@@ -9,6 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from x2ctclip.findings import CT_RATE_FINDINGS
+from x2ctclip.train.data.folders import PREPROCESS_CONFIG, load_preprocessed, read_folder_config
+from x2ctclip.train.data.shards import config_fingerprint
 from x2ctclip.train.evaluation.external_sets import ExternalDataset, LabelTarget, load_external
 
 
@@ -77,11 +80,6 @@ class Cases:
 def preprocessed_cases(data: str | os.PathLike, split: str, dataset_name: str | None = None,
                        dataset_type: str | None = None) -> Cases:  # fmt: skip
     """Cases of a preprocessed split: simulated CXRs (``cxr``), the 18 labels, reports, volume names."""
-    from x2ctclip.findings import CT_RATE_FINDINGS
-
-    from x2ctclip.train.data.folders import PREPROCESS_CONFIG, load_preprocessed, read_folder_config
-    from x2ctclip.train.data.shards import config_fingerprint
-
     data = Path(data)
     dataset = load_preprocessed(data, split)
     if "cxr" not in dataset.column_names:

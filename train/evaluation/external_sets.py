@@ -350,7 +350,7 @@ def load_external(
         ValueError: unreadable CSV, missing image column, no label column, unreadable label values, duplicated label
             columns, bad image suffixes; each message names the file (and row / column).
     """
-    import pandas as pd
+    import pandas as pd  # start-up: pandas loads only when a table is read
 
     csv = _find_csv(Path(path))
     try:

@@ -12,8 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from x2ctclip.train.evaluation.provenance import file_fingerprint
+from transformers import AutoImageProcessor
 
+from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
+from x2ctclip.processors import load_report_tokenizer
+from x2ctclip.train.evaluation.calibration import Calibrator
+from x2ctclip.train.evaluation.provenance import file_fingerprint
+from x2ctclip.zero_shot import ZeroShotClassifier
 
 CLASSIFIER_ARCHITECTURE = "X2CTCLIPForAbnormalityClassification"
 
@@ -62,8 +67,6 @@ class LoadedModel:
         return min(limits)
 
     def zero_shot(self):
-        from x2ctclip.zero_shot import ZeroShotClassifier
-
         if self._zero_shot is None:
             if self.tokenizer is None:
                 raise FileNotFoundError(f"{self.path}: no report tokenizer in the folder; zero-shot scoring needs one.")
@@ -103,12 +106,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         ensemble: zero-shot prompt ensemble (``"probabilities"`` or ``"embeddings"``).
         calibrated: use ``config.calibration`` when present (False: raw scores).
     """
-    from transformers import AutoImageProcessor
-
-    from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
-
-    from x2ctclip.train.evaluation.calibration import Calibrator
-
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -148,8 +145,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
                                 f"processor_config.json): {err}") from None  # fmt: skip
     tokenizer = None
     if any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        from x2ctclip.processors import load_report_tokenizer
-
         tokenizer = load_report_tokenizer(path)
     return LoadedModel(path, model, kind, image_processor, tokenizer, calibrator, device, ensemble)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from x2ctclip.train.evaluation.metrics import check_labels, mid_ranks, jsonable, to_numpy
+from x2ctclip.train.evaluation.metrics import check_labels, jsonable, mid_ranks, to_numpy
 
 __all__ = [
     "ConfidenceInterval",

@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
-from x2ctclip.train.fewshot.splits import METHODS
-from x2ctclip.train.fewshot.probe import masked_bce
 
+from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
+from x2ctclip.train.fewshot.probe import masked_bce
+from x2ctclip.train.fewshot.splits import METHODS
 
 
 # ---------------------------------------------------------------------------------------------------------- LoRA
@@ -120,6 +122,7 @@ def train_lora(classifier: nn.Module, image_processor: Any, images: Any, labels:
     Returns:
         ``(peft_model, LoraResult)``: the PEFT model with the adapter weights of the best hold-out epoch.
     """
+    # start-up: peft loads only for LoRA runs
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     config = config or LoraTrainConfig()
@@ -176,8 +179,6 @@ def train_lora(classifier: nn.Module, image_processor: Any, images: Any, labels:
 # ---------------------------------------------------------------------------------------------------------- loading
 def base_classifier(model_dir: str | os.PathLike):
     """An X2CTCLIPForAbnormalityClassification with the CXR tower of the folder (X2CT-CLIP or classifier folder)."""
-    from x2ctclip import X2CTCLIPForAbnormalityClassification, X2CTCLIPModel
-
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -220,8 +221,6 @@ def load_fewshot_classifier(model_dir: str | os.PathLike, run_dir: str | os.Path
         merge: for LoRA, fold the adapters into the weights (``merge_and_unload``) and return a plain
             :class:`~x2ctclip.X2CTCLIPForAbnormalityClassification`; False returns the ``PeftModel``.
     """
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     name = run_name(method, fraction, seed)
     base = base_classifier(model_dir)
@@ -233,7 +232,7 @@ def load_fewshot_classifier(model_dir: str | os.PathLike, run_dir: str | os.Path
         base.set_classifier(head["weight"], head["bias"])
         return base.eval()
     if method == "lora":
-        from peft import PeftModel
+        from peft import PeftModel  # start-up: peft loads only for LoRA runs
 
         path = run_dir / "adapters" / name
         if not (path / "adapter_config.json").is_file():

@@ -12,21 +12,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from x2ctclip.fileio import write_atomic
+from x2ctclip.train.data.embedding_cache import model_fingerprint
+from x2ctclip.train.data.folders import load_preprocessed
 from x2ctclip.train.evaluation.metrics import classification_report, jsonable
-from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS
-from x2ctclip.train.fewshot.splits import FEWSHOT_SEEDS
-from x2ctclip.train.fewshot.probe import LinearProbeConfig
-from x2ctclip.train.fewshot.lora import LoraTrainConfig
-from x2ctclip.train.fewshot.splits import METHODS
-from x2ctclip.train.fewshot.lora import base_classifier
-from x2ctclip.train.fewshot.lora import peft_logits
-from x2ctclip.train.fewshot.lora import run_name
-from x2ctclip.train.fewshot.splits import fewshot_split
-from x2ctclip.train.fewshot.lora import save_adapter
-from x2ctclip.train.fewshot.probe import train_linear_probe
-from x2ctclip.train.fewshot.lora import train_lora
+from x2ctclip.train.evaluation.models import compute_logits, encode_images, load_model
+from x2ctclip.train.evaluation.provenance import package_versions
+from x2ctclip.train.fewshot.lora import (
+    LoraTrainConfig,
+    base_classifier,
+    peft_logits,
+    run_name,
+    save_adapter,
+    train_lora,
+)
+from x2ctclip.train.fewshot.probe import LinearProbeConfig, train_linear_probe
+from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS, FEWSHOT_SEEDS, METHODS, fewshot_split
+
 HEADLINE = ("auroc_macro", "auroc_micro", "auroc_weighted", "average_precision_macro", "average_precision_micro",
             "f1_macro", "f1_micro", "precision_macro", "recall_macro")  # fmt: skip
 
@@ -110,10 +115,10 @@ def _markdown(record: dict[str, Any]) -> str:
 
 
 def _plot(record: dict[str, Any], path: Path) -> Path:
+    # start-up: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # start-up: matplotlib loads only when a figure is drawn
 
-    from x2ctclip.train.evaluation.provenance import write_atomic
 
     record = jsonable(record)
     fig = Figure(figsize=(6, 4.2), dpi=110)
@@ -168,13 +173,6 @@ def run_fewshot(
 ) -> dict[str, Any]:
     """The few-shot protocol (module docstring) for every method x fraction x seed; returns the ``fewshot.json``
     record. Finished runs of an earlier call with the same settings are reused."""
-    from safetensors.torch import save_file
-
-    from x2ctclip.train.data.folders import load_preprocessed
-    from x2ctclip.train.data.embedding_cache import model_fingerprint
-    from x2ctclip.train.evaluation.provenance import package_versions, write_atomic
-    from x2ctclip.train.evaluation.models import compute_logits, encode_images, load_model
-
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "resources" / "model_card_template.md"
 
@@ -53,8 +54,6 @@ LICENSE_NAMES = {
 
 def is_repo_id(value: Any) -> bool:
     """``owner/name`` as ``huggingface_hub.utils.validate_repo_id`` accepts it (a bare name is not a full Hub id)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not isinstance(value, str) or value.count("/") != 1:
         return False
     try:

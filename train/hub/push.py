@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 from huggingface_hub import ModelCard
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
 from x2ctclip.train.hub.card_sections import folder_files
 from x2ctclip.train.hub.metadata import is_repo_id
 from x2ctclip.train.hub.validation import check_hub_folder
+
 _HIDDEN_UPLOAD_PATTERNS = [".*", "*/.*", "__pycache__", "*/__pycache__/*", "__pycache__/*", "*.pyc"]
 
 
@@ -23,8 +27,6 @@ _HIDDEN_UPLOAD_PATTERNS = [".*", "*/.*", "__pycache__", "*/__pycache__/*", "__py
 def list_upload_files(folder: str | os.PathLike) -> list[tuple[str, int]]:
     """``(path in repo, size in bytes)`` of the files :func:`push_folder` uploads: everything in ``folder`` except
     hidden files, ``__pycache__`` and what ``huggingface_hub`` never uploads (``.git``, its cache)."""
-    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-
     folder = Path(folder)
     files = folder_files(folder)
     patterns = _HIDDEN_UPLOAD_PATTERNS + list(DEFAULT_IGNORE_PATTERNS)
@@ -93,9 +95,7 @@ def push_folder(
     if dry_run:
         return result
     if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+        api = huggingface_hub.HfApi(token=token)  # looked up on the module, where a caller may replace it
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(
         repo_id=repo_id,

@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard
-from x2ctclip.train.hub.metadata import HUB_LICENSES
-from x2ctclip.train.hub.metadata import LIBRARY_NAME
-from x2ctclip.train.hub.metadata import PIPELINE_TAG
-from x2ctclip.train.hub.metadata import ZERO_SHOT_AUTO_CLASS
-from x2ctclip.train.hub.results import finite_number
-from x2ctclip.train.hub.metadata import is_repo_id
-from x2ctclip.train.hub.card_sections import bullet_list
+from huggingface_hub import ModelCard, metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors import safe_open
+from transformers.dynamic_module_utils import get_relative_imports
 
+from x2ctclip.train.hub.card_sections import bullet_list
+from x2ctclip.train.hub.metadata import HUB_LICENSES, LIBRARY_NAME, PIPELINE_TAG, ZERO_SHOT_AUTO_CLASS, is_repo_id
+from x2ctclip.train.hub.results import finite_number
 
 # --------------------------------------------------------------------------------------------------------------
 # Validation (local, no network)
@@ -46,8 +45,6 @@ def validate_card(card: ModelCard | str | os.PathLike, *, towers: Sequence[str] 
     if isinstance(card, ModelCard):
         data = card.data.to_dict()
     else:
-        from huggingface_hub import metadata_load
-
         path = Path(card)
         if not path.is_file():
             return [f"{path}: no model card"]
@@ -73,8 +70,6 @@ def validate_card(card: ModelCard | str | os.PathLike, *, towers: Sequence[str] 
     if index is not None:
         problems += _model_index_problems(index)
         if not problems:
-            from huggingface_hub.repocard_data import model_index_to_eval_results
-
             try:
                 model_index_to_eval_results(index)
             except Exception as err:
@@ -188,7 +183,6 @@ def validate_hub_folder(folder: str | os.PathLike) -> FolderCheck:
     for name, ref in auto_map.items():
         _check_class_ref(folder, ref, f"config.json {name}", check)
 
-    from transformers.dynamic_module_utils import get_relative_imports
 
     for path in sorted(folder.glob("*.py")):
         source = path.read_text(encoding="utf-8")
@@ -209,8 +203,6 @@ def validate_hub_folder(folder: str | os.PathLike) -> FolderCheck:
         check.errors.append("model.safetensors is missing")
     else:
         try:
-            from safetensors import safe_open
-
             with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
                 if not list(handle.keys()):
                     check.errors.append("model.safetensors holds no tensor")
