@@ -35,6 +35,7 @@ def configure_parser(parser, command):
 
 def _read_vision_config(path: Path) -> dict:
     """A JSON vision config with ``model_type``, checked by building it (errors name the file)."""
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from transformers import AutoConfig
 
     if not path.is_file():
@@ -55,6 +56,7 @@ def _read_vision_config(path: Path) -> dict:
 
 
 def run(args) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.assembly import assemble_x2ctclip
 
     out_dir: Path = args.out_dir

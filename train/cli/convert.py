@@ -38,6 +38,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.convert_ctclip import convert_ctclip_checkpoint
     from x2ctclip.train.hub.cards import write_ctclip_model_card
 

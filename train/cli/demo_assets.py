@@ -25,6 +25,7 @@ def configure_parser(parser: argparse.ArgumentParser, name: str = "demo-assets")
 
 def run(args: argparse.Namespace) -> int:
     """Errors are raised as FileNotFoundError / ValueError naming the file; the CLI prints them on one line."""
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.hub.demo_assets import write_demo_assets
 
     if not (args.model / "config.json").is_file():
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.cli.app import main as cli_main
 
     return cli_main(["demo-assets", *(sys.argv[1:] if argv is None else argv)])

@@ -25,9 +25,10 @@ def _fraction(value: str) -> float:
 
 
 def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS, FEWSHOT_SEEDS
-    from x2ctclip.train.fewshot.probe import LinearProbeConfig
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.fewshot.lora import LoraTrainConfig
+    from x2ctclip.train.fewshot.probe import LinearProbeConfig
+    from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS, FEWSHOT_SEEDS
 
     probe, lora = LinearProbeConfig(), LoraTrainConfig()
     parser.add_argument("--model", required=True, type=Path, help="X2CT-CLIP model folder (or a classifier folder)")
@@ -68,8 +69,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args) -> int:
-    from x2ctclip.train.fewshot.probe import LinearProbeConfig
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.fewshot.lora import LoraTrainConfig
+    from x2ctclip.train.fewshot.probe import LinearProbeConfig
     from x2ctclip.train.fewshot.run import run_fewshot
 
     # Checked here (one error line, before the model is loaded) rather than by argparse, whose message differs.

@@ -22,6 +22,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.hub.card_sections import human_size
     from x2ctclip.train.hub.push import push_folder
 

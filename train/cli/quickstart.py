@@ -12,6 +12,7 @@ from x2ctclip.train.cli.args import non_negative_int, positive_int
 
 
 def configure_parser(parser, command):
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.quickstart import PRESETS
 
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -25,6 +26,7 @@ def configure_parser(parser, command):
 
 
 def run(args) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.cli.app import CommandError
     from x2ctclip.train.quickstart import run_quickstart
 

@@ -15,6 +15,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.hub.space import build_space
 
     out = build_space(args.out_dir, args.model, wheel=args.wheel, overwrite=args.overwrite)

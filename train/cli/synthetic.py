@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.synthetic.study import DEFAULT_SHAPE
 
     parser.add_argument("out_dir", type=Path, help="output folder (created; existing volumes are kept)")
@@ -35,6 +36,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args) -> int:
+    # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
     start = time.perf_counter()
