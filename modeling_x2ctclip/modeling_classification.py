@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,17 @@ __all__ = [
 
 
 
+def _renamed_embeds(cxr_embeds: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``cxr_embeds``, or the deprecated ``image_embeds`` keyword popped from ``kwargs`` (one release)."""
+    if "image_embeds" not in kwargs:
+        return cxr_embeds
+    old = kwargs.pop("image_embeds")
+    warnings.warn("The image_embeds argument is now cxr_embeds.", DeprecationWarning, stacklevel=3)
+    if cxr_embeds is not None and old is not None:
+        raise ValueError("Give cxr_embeds or its old name image_embeds, not both.")
+    return old if cxr_embeds is None else cxr_embeds
+
+
 @dataclass
 class X2CTCLIPClassificationOutput(ImageClassifierOutput):
     r"""Output of :class:`X2CTCLIPForAbnormalityClassification`.
@@ -56,10 +68,17 @@ class X2CTCLIPClassificationOutput(ImageClassifierOutput):
         loss (`()`): mean binary cross-entropy with logits over the annotated labels (when ``labels`` are given).
         logits (`(B, n_findings)`): log-odds of each finding (before any calibration).
         hidden_states / attentions: the CXR backbone's (when requested and supported by the backbone).
-        image_embeds (`(B, projection_dim)`): the L2-normalised CXR latents the classifier reads.
+        cxr_embeds (`(B, projection_dim)`): the L2-normalised CXR latents the classifier reads (the name of the
+            composite model's output; ``image_embeds``, the first release's name, still reads them with a
+            ``DeprecationWarning``).
     """
 
-    image_embeds: torch.FloatTensor | None = None
+    cxr_embeds: torch.FloatTensor | None = None
+
+    @property
+    def image_embeds(self) -> torch.FloatTensor | None:
+        warnings.warn("X2CTCLIPClassificationOutput.image_embeds is now cxr_embeds.", DeprecationWarning, stacklevel=2)
+        return self.cxr_embeds
 
 
 @dataclass
@@ -209,7 +228,7 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
         """``CLIPModel.get_image_features``'s name and return type (transformers 5): a ``BaseModelOutputWithPooling``
         whose ``pooler_output`` is the projected, *un-normalised* latent ``(B, projection_dim)``; the classifier reads
-        its L2 normalisation (``forward(...).image_embeds``)."""
+        its L2 normalisation (``forward(...).cxr_embeds``)."""
         return self.get_cxr_features(pixel_values, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -217,7 +236,7 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
+        cxr_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -229,11 +248,13 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
             pixel_values: ``(B, 3, H, W)`` from the CXR image processor.
             labels: ``(B, n_findings)`` 0/1 targets (float or int); ``NaN`` entries are not annotated and left out of
                 the loss.
-            image_embeds: ``(B, projection_dim)`` precomputed CXR latents (normalised here) instead of
-                ``pixel_values``, e.g. cached for a linear probe.
+            cxr_embeds: ``(B, projection_dim)`` precomputed CXR latents (normalised here) instead of
+                ``pixel_values``, e.g. cached for a linear probe. ``image_embeds=`` (the first release's name) is
+                accepted with a ``DeprecationWarning``.
         """
-        if (pixel_values is None) == (image_embeds is None):
-            raise ValueError("Give exactly one of pixel_values (B, 3, H, W) and image_embeds (B, projection_dim).")
+        cxr_embeds = _renamed_embeds(cxr_embeds, kwargs)
+        if (pixel_values is None) == (cxr_embeds is None):
+            raise ValueError("Give exactly one of pixel_values (B, 3, H, W) and cxr_embeds (B, projection_dim).")
         hidden_states = attentions = None
         if pixel_values is not None:
             extra = {}
@@ -245,17 +266,17 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
             embeds = F.normalize(features.pooler_output, dim=-1)
             hidden_states, attentions = features.hidden_states, features.attentions
         else:
-            if image_embeds.ndim != 2 or image_embeds.shape[-1] != self.config.projection_dim:
+            if cxr_embeds.ndim != 2 or cxr_embeds.shape[-1] != self.config.projection_dim:
                 raise ValueError(
-                    f"image_embeds must have shape (B, {self.config.projection_dim}), got {tuple(image_embeds.shape)}."
+                    f"cxr_embeds must have shape (B, {self.config.projection_dim}), got {tuple(cxr_embeds.shape)}."
                 )
-            embeds = F.normalize(image_embeds.to(self.classifier.weight.dtype), dim=-1)
+            embeds = F.normalize(cxr_embeds.to(self.classifier.weight.dtype), dim=-1)
         logits = self.classifier(embeds)
         loss = None
         if labels is not None:
             loss = self.loss(logits, labels)
         out = X2CTCLIPClassificationOutput(
-            loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions, image_embeds=embeds
+            loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions, cxr_embeds=embeds
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
@@ -288,20 +309,24 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
     def predict(
         self,
         pixel_values: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
+        cxr_embeds: torch.Tensor | None = None,
         threshold: float | None = None,
+        **kwargs,
     ) -> X2CTCLIPClassificationPrediction:
         """Calibrated probabilities and decisions.
 
         Args:
-            pixel_values / image_embeds: as in :meth:`forward`.
+            pixel_values / cxr_embeds: as in :meth:`forward` (``image_embeds=`` too, deprecated).
             threshold: one operating point for every finding, overriding the calibration's thresholds (default: the
                 calibration's thresholds when it has them, else 0.5).
         """
+        cxr_embeds = _renamed_embeds(cxr_embeds, kwargs)
+        if kwargs:
+            raise TypeError(f"predict() got unexpected keyword arguments {sorted(kwargs)}.")
         was_training = self.training
         self.eval()
         try:
-            logits = self(pixel_values=pixel_values, image_embeds=image_embeds, return_dict=True).logits.float()
+            logits = self(pixel_values=pixel_values, cxr_embeds=cxr_embeds, return_dict=True).logits.float()
         finally:
             self.train(was_training)
         calibration = self.calibration

@@ -46,7 +46,8 @@ class ZeroShotOutput(ModelOutput):
         logits (`(B, n_findings)`): log-odds of ``probabilities`` (clamped to +-30); the input of
             :func:`x2ctclip.calibration.apply_calibration` (and of the training package's ``Calibrator`` fit).
         per_template_probabilities (`(B, n_templates, n_findings)`): probability under each prompt template.
-        image_embeds (`(B, projection_dim)`): the L2-normalised image embeddings that were classified.
+        image_embeds (`(B, projection_dim)`): the L2-normalised embeddings that were classified: CXR latents
+            (``cxr_embeds`` elsewhere) or CT latents (``ct_embeds``), so the name stays modality-neutral, as CLIP's.
     """
 
     probabilities: torch.FloatTensor | None = None

@@ -42,7 +42,7 @@ def test_from_x2ctclip_copies_the_cxr_tower_and_classifies_normalised_latents(ba
     with torch.no_grad():
         expected = F.normalize(base.get_cxr_features(pixels).pooler_output, dim=-1)
         out = classifier(pixel_values=pixels)
-    torch.testing.assert_close(out.image_embeds, expected)
+    torch.testing.assert_close(out.cxr_embeds, expected)
     torch.testing.assert_close(out.logits, expected @ classifier.classifier.weight.T + classifier.classifier.bias)
     assert out.logits.shape == (4, 18) and out.loss is None
     config = classifier.config
@@ -57,12 +57,12 @@ def test_from_x2ctclip_copies_the_cxr_tower_and_classifies_normalised_latents(ba
     assert classifier.cxr_projection.weight.data_ptr() != base.cxr_projection.weight.data_ptr()
 
 
-def test_image_embeds_input_and_head_initialisation(base, classifier):
+def test_cxr_embeds_input_and_head_initialisation(base, classifier):
     pixels = _pixels()
     with torch.no_grad():
         raw = base.get_cxr_features(pixels).pooler_output
         by_pixels = classifier(pixel_values=pixels).logits
-        by_embeds = classifier(image_embeds=raw * 3.0).logits  # normalised inside
+        by_embeds = classifier(cxr_embeds=raw * 3.0).logits  # normalised inside
     torch.testing.assert_close(by_embeds, by_pixels)
     weight, bias = torch.randn(18, 16), torch.randn(18)
     head = X2CTCLIPForAbnormalityClassification.from_x2ctclip(base, classifier_weight=weight, classifier_bias=bias)
@@ -74,9 +74,9 @@ def test_image_embeds_input_and_head_initialisation(base, classifier):
     with pytest.raises(ValueError, match="exactly one"):
         classifier()
     with pytest.raises(ValueError, match="exactly one"):
-        classifier(pixel_values=pixels, image_embeds=raw)
+        classifier(pixel_values=pixels, cxr_embeds=raw)
     with pytest.raises(ValueError, match=r"\(B, 16\)"):
-        classifier(image_embeds=torch.zeros(2, 15))
+        classifier(cxr_embeds=torch.zeros(2, 15))
     with pytest.raises(ValueError, match="CXR tower"):
         X2CTCLIPForAbnormalityClassification(tiny_config(towers=["ct", "text"]))
 
@@ -218,3 +218,19 @@ def test_remote_code_folder_without_the_package(tmp_path):
         torch.testing.assert_close(remote["logits"], classifier(pixel_values=pixels).logits)
     # AutoModel on the same folder (package installed) gives the base model class, not the classifier.
     assert type(AutoModel.from_pretrained(folder)) is X2CTCLIPModel
+
+
+def test_first_release_name_image_embeds_still_works_with_a_deprecation_warning(base, classifier):
+    raw = torch.randn(3, 16)
+    with torch.no_grad():
+        new = classifier(cxr_embeds=raw)
+        with pytest.warns(DeprecationWarning, match="now cxr_embeds"):
+            old = classifier(image_embeds=raw)
+        with pytest.warns(DeprecationWarning, match="now cxr_embeds"):
+            predicted = classifier.predict(image_embeds=raw)
+    torch.testing.assert_close(old.logits, new.logits)
+    torch.testing.assert_close(predicted.probabilities, classifier.predict(cxr_embeds=raw).probabilities)
+    with pytest.warns(DeprecationWarning, match="now cxr_embeds"):
+        torch.testing.assert_close(new.image_embeds, new.cxr_embeds)
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+        classifier(cxr_embeds=raw, image_embeds=raw)

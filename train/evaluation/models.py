@@ -171,7 +171,7 @@ def compute_logits(loaded: LoadedModel, latents: torch.Tensor) -> np.ndarray:
     """Uncalibrated per-finding log-odds ``(N, n_findings)``: the zero-shot prompt-pair log-odds, or the head's."""
     if loaded.kind == "zeroshot":
         return loaded.zero_shot().predict_from_embeddings(latents).logits.cpu().double().numpy()
-    out = loaded.model(image_embeds=latents.to(loaded.device), return_dict=True).logits
+    out = loaded.model(cxr_embeds=latents.to(loaded.device), return_dict=True).logits
     return out.float().cpu().double().numpy()
 
 
