@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from x2ctclip.fileio import atomic_dir, write_atomic
+from x2ctclip.fileio import atomic_dir
 from x2ctclip.train.hub.card_sections import folder_files, pip_requirements
 from x2ctclip.train.hub.cards import build_model_card
-from x2ctclip.train.hub.metadata import ZERO_SHOT_AUTO_CLASS
-from x2ctclip.train.hub.portable import make_configs_portable
+from x2ctclip.train.hub.portable import add_zero_shot_auto_map, make_configs_portable
 from x2ctclip.train.hub.results import load_evaluation_results
 from x2ctclip.train.hub.validation import check_hub_folder
 
 
 def _py_digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.py")}
-
-
-def _add_auto_map_entries(folder: Path, towers: Sequence[str]) -> None:
-    """``register_for_auto_class`` records one auto class per model class, so ``save_pretrained`` writes only
-    ``AutoModel``; the pipeline loads through ``AutoModelForZeroShotImageClassification``, which maps to the same class."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    auto_map = config.setdefault("auto_map", {})
-    if "cxr" in towers and ZERO_SHOT_AUTO_CLASS not in auto_map and "AutoModel" in auto_map:
-        auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
-        write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _parameter_counts(model: Any) -> dict[str, int]:
@@ -116,7 +103,7 @@ def save_for_hub(
                 f"The processing code overwrote model code files with the same name: {clashes}. Remote-code files are "
                 "copied flat into one folder, so modeling_x2ctclip/ and processors/ must not share file names."
             )
-        _add_auto_map_entries(tmp, towers)
+        add_zero_shot_auto_map(tmp)  # save_for_hub refused models without both towers above
         make_configs_portable(tmp)  # e.g. a tokenizer's name_or_path: the local folder it was loaded from
         card = build_model_card(
             config,

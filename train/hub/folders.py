@@ -10,7 +10,6 @@ its parts) into a temporary sibling, finishes it there and renames it, so a fail
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -29,8 +28,8 @@ from x2ctclip.train.hub.card_sections import (
     section_files,
 )
 from x2ctclip.train.hub.cards import build_model_card
-from x2ctclip.train.hub.metadata import CTCLIP_LICENSE, ZERO_SHOT_AUTO_CLASS, is_repo_id
-from x2ctclip.train.hub.portable import make_configs_portable, portable_reference
+from x2ctclip.train.hub.metadata import CTCLIP_LICENSE, is_repo_id
+from x2ctclip.train.hub.portable import add_zero_shot_auto_map, make_configs_portable, portable_reference
 from x2ctclip.train.hub.validation import PROSE_PATH, validate_hub_folder
 
 __all__ = [
@@ -120,14 +119,7 @@ def finish_model_folder(
     """
     folder = Path(folder)
     make_configs_portable(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    towers = config.get("towers") or []
-    auto_map = config.get("auto_map") or {}
-    if "cxr" in towers and "text" in towers and "AutoModel" in auto_map and ZERO_SHOT_AUTO_CLASS not in auto_map:
-        # Written by the configuration's to_dict on save; kept here for folders saved by an older version.
-        auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
-        config["auto_map"] = auto_map
-        write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    config = add_zero_shot_auto_map(folder)
     bases, data = list(base_models), list(datasets)
     for source in built_on:
         more_bases, more_data = _inherited(source)

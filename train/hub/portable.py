@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from x2ctclip.fileio import write_atomic
+from x2ctclip.train.hub.metadata import ZERO_SHOT_AUTO_CLASS
 from x2ctclip.processors.tokenization import MINILM_NAMES, minilm_model_dir
 
-__all__ = ["make_configs_portable", "portable_reference"]
+__all__ = ["add_zero_shot_auto_map", "make_configs_portable", "portable_reference"]
 
 # JSON files whose string values may record where a tower was loaded from (tokenizer.json only holds the vocabulary).
 _CONFIG_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
@@ -79,3 +80,22 @@ def make_configs_portable(folder: Path) -> list[str]:
         if len(changed) > before:
             write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return changed
+
+
+def add_zero_shot_auto_map(folder: str | os.PathLike) -> dict[str, Any]:
+    """Give ``folder/config.json`` the ``auto_map`` entry the zero-shot pipeline loads through; return the config.
+
+    ``register_for_auto_class`` records one auto class per model class, so ``save_pretrained`` writes ``AutoModel``
+    only; ``pipeline("zero-shot-image-classification")`` loads ``AutoModelForZeroShotImageClassification``, which
+    maps to the same class. Only a model with a CXR and a report tower classifies zero-shot. The configuration's
+    ``to_dict`` writes the entry on save; this keeps it for folders saved by an older version.
+    """
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    towers = config.get("towers") or []
+    auto_map = config.get("auto_map") or {}
+    if "cxr" in towers and "text" in towers and "AutoModel" in auto_map and ZERO_SHOT_AUTO_CLASS not in auto_map:
+        auto_map[ZERO_SHOT_AUTO_CLASS] = auto_map["AutoModel"]
+        config["auto_map"] = auto_map
+        write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
