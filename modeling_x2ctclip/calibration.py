@@ -26,36 +26,42 @@ CALIBRATION_KEYS = ("format_version", "method", "finding_names", "slope", "inter
 CALIBRATION_METHODS = ("temperature", "platt", "identity")
 
 
-def check_calibration(calibration: Any, findings: Sequence[str]) -> dict[str, Any]:
+def check_calibration(calibration: Any, findings: Sequence[str] | None,
+                      what: str = "config.calibration") -> dict[str, Any]:
     """Validates a ``Calibrator.to_dict()``-style dict against the model's findings (label order); returns it.
+
+    ``findings=None`` checks the dict on its own (its lists must agree in length with ``slope``); ``what`` names the
+    dict in the messages.
 
     Raises:
         ValueError: one line naming the problem (unknown / missing keys, another format version or method, a list
             whose length is not ``len(findings)``, non-finite slopes / intercepts, finding names in another order).
     """
     if not isinstance(calibration, dict):
-        raise ValueError(f"config.calibration must be a dict (Calibrator.to_dict()), got {type(calibration).__name__}.")
+        raise ValueError(f"{what} must be a dict (Calibrator.to_dict()), got {type(calibration).__name__}.")
     unknown = set(calibration) - set(CALIBRATION_KEYS)
     missing = [k for k in ("method", "slope", "intercept") if k not in calibration]
     if unknown or missing:
-        raise ValueError(f"config.calibration: unknown keys {sorted(unknown)}, missing keys {missing}.")
+        raise ValueError(f"{what}: unknown keys {sorted(unknown)}, missing keys {missing}.")
     if calibration.get("format_version", 1) != 1:
-        raise ValueError(f"config.calibration format_version {calibration['format_version']} is not supported (1 is).")
+        raise ValueError(f"{what} format_version {calibration['format_version']} is not supported (1 is).")
     if calibration["method"] not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"config.calibration method must be one of {CALIBRATION_METHODS}, got {calibration['method']!r}."
-        )
-    n = len(findings)
+        raise ValueError(f"{what} method must be one of {CALIBRATION_METHODS}, got {calibration['method']!r}.")
+    for key in ("slope", "intercept"):
+        value = calibration[key]
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
+            raise ValueError(f"{what} {key} must be a list of finite numbers.")
+    n = len(findings) if findings is not None else len(calibration["slope"])
     for key in ("slope", "intercept", "thresholds", "finding_names"):
         value = calibration.get(key)
         if value is not None and len(value) != n:
-            raise ValueError(f"config.calibration {key} has {len(value)} entries for {n} findings.")
-    for key in ("slope", "intercept"):
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in calibration[key]):
-            raise ValueError(f"config.calibration {key} must hold finite numbers.")
+            raise ValueError(f"{what} {key} has {len(value)} entries for {n} findings (one slope and one intercept, "
+                             "and at most one threshold and name, per finding).")
     names = calibration.get("finding_names")
-    if names is not None and list(names) != list(findings):
-        raise ValueError("config.calibration finding_names differ from config.findings (another label order?).")
+    if findings is not None and names is not None and list(names) != list(findings):
+        raise ValueError(f"{what} finding_names differ from config.findings (another label order?).")
     return calibration
 
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from x2ctclip.calibration import CALIBRATION_KEYS, CALIBRATION_METHODS, apply_calibration
+from x2ctclip.calibration import CALIBRATION_METHODS, apply_calibration, check_calibration
 from x2ctclip.fileio import open_atomic
 from x2ctclip.train.evaluation.metrics import check_labels, jsonable, to_numpy
 
@@ -553,17 +553,7 @@ class Calibrator:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Calibrator":
         """Rebuilds a Calibrator from :meth:`to_dict` output; raises ValueError naming what is wrong."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a Calibrator dict is expected, got {type(data).__name__}.")
-        missing = [k for k in ("method", "slope", "intercept") if k not in data]
-        if missing:
-            raise ValueError(f"Calibrator dict is missing {missing}.")
-        unknown = set(data) - set(CALIBRATION_KEYS)
-        if unknown:
-            raise ValueError(f"Calibrator dict has unknown keys {sorted(unknown)}.")
-        version = data.get("format_version", 1)
-        if version != 1:
-            raise ValueError(f"Calibrator dict format_version {version} is not supported (this code reads 1).")
+        check_calibration(data, data.get("finding_names") if isinstance(data, dict) else None, what="Calibrator dict")
         thresholds = data.get("thresholds")
         if thresholds is not None:
             thresholds = [math.nan if v is None else v for v in thresholds]
