@@ -28,8 +28,7 @@ Limits (checked from the header, before the pixels are decoded; see docs/limits_
 --------------------------------------------------------------------------------------------
 - ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS` = 36 M pixels, e.g. 6000 x 6000; the largest digital chest
   detectors give about 4300 x 4300 = 18.5 M): a larger image is refused with a ``ValueError`` naming the file and
-  its size, before PIL or pydicom decodes it. Processing a 6000 x 6000 PNG (at the limit) peaks at 0.86 GB (16-bit
-  grey) and 0.97 GB (8-bit RGB) traced memory (measured with tracemalloc).
+  its size, before PIL or pydicom decodes it (the peak memory of an image at the limit: docs/limits_and_checks.md).
 - ``max_aspect_ratio`` (default :data:`DEFAULT_MAX_ASPECT_RATIO` = 4): a radiograph longer than 4 times its width
   (or wider than 4 times its height) is refused with its size; real chest radiographs are between about 1:1.5 and
   1.5:1. ``None`` switches either check off.

@@ -265,10 +265,9 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
         """The whole chain for a canonical :class:`CTVolume` -> ``(D, H, W)`` float32 ``ct_values``.
 
         Each step's cost on a 512 x 512 x 300 CT is printed by ``benchmarks/bench_volume_processor.py``, with the
-        MONAI transforms that could do the same steps; they were measured and not used: ``Spacing`` (over 10x
-        slower than the torch resampling and a 4 GB peak on that CT), ``ScaleIntensityRange`` (slower than the
-        in-place clip and divide), ``CenterSpatialCrop`` (its start is one voxel off CT-CLIP's when the crop size
-        is odd and the input size even), while importing ``monai.transforms`` alone takes seconds.
+        MONAI transforms that could do the same steps and were not used (``Spacing``, ``ScaleIntensityRange``:
+        slower, see docs/hand_written.md; ``CenterSpatialCrop``: its start is one voxel off CT-CLIP's when the crop
+        size is odd and the input size even).
         """
         # CT-CLIP's layout (z, x, y) is the (z, y, x) array with its in-plane axes swapped: a free view.
         spacing = (volume.spacing_mm[0], volume.spacing_mm[2], volume.spacing_mm[1])

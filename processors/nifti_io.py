@@ -29,7 +29,7 @@ from .ct_volume import (
     squeeze_to_3d,
 )
 
-try:  # igzip decodes gzip several times faster than zlib; optional (pyproject lists it as a dependency).
+try:  # igzip decodes gzip faster than zlib (benchmarks/bench_volume_processor.py); optional, though a dependency.
     from isal import igzip as _igzip
 except ImportError:  # pragma: no cover - exercised only where isal is missing
     _igzip = None

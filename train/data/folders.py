@@ -27,7 +27,7 @@ EMBEDDING_CACHE_CONFIG = "cache_config.json"
 def preprocessed_features(shape: Sequence[int], cxr_size: int):
     """``datasets.Features`` of a preprocessed split (docs/data_pipeline.md, "Preprocessing once"): ``ct`` int16
     ``shape`` (D, H, W) in HU, ``cxr`` uint8 ``(cxr_size, cxr_size)``."""
-    # start-up: datasets (about 1 s) loads only when a folder is read or written
+    # start-up: datasets loads only when a folder is read or written
     from datasets import Array2D, Array3D, Features, Sequence, Value
 
     return Features(
@@ -44,7 +44,7 @@ def preprocessed_features(shape: Sequence[int], cxr_size: int):
 
 def embedding_cache_features(projection_dim: int):
     """``datasets.Features`` of an embedding-cache split: L2-normalised float32 latents of ``projection_dim``."""
-    # start-up: datasets (about 1 s) loads only when a folder is read or written
+    # start-up: datasets loads only when a folder is read or written
     from datasets import Features, Sequence, Value
 
     return Features(
@@ -59,7 +59,7 @@ def embedding_cache_features(projection_dim: int):
 
 
 def _load_split(path: str | os.PathLike, split: str, what: str, config_name: str):
-    from datasets import load_from_disk  # start-up: datasets (about 1 s) loads only when a folder is read or written
+    from datasets import load_from_disk  # start-up: datasets loads only when a folder is read or written
 
     folder = Path(path) / split
     if not (folder / "state.json").is_file():
