@@ -109,7 +109,7 @@ def _ray_sums_numpy(stored: np.ndarray, axis: int, lo: float | None, hi: float |
     """Sum along ``axis`` (1 or 2) of a ``(Z, Y, X)`` array clamped to ``[lo, hi]``; float32 ``(Z, X or Y)``.
 
     Works slab by slab through a small reused buffer (no full-size temporary; integer data with integral bounds is
-    clamped and summed exactly in integers). numpy's integer reductions beat torch's here (benchmarks/bench_simulate_cxr.py).
+    clamped and summed exactly in integers, with numpy's integer reductions).
     """
     bounds = _integer_bounds(stored.dtype, lo, hi) if stored.dtype.kind in "iu" else None
     if bounds is not None:
