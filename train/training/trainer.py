@@ -210,16 +210,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def train(self) -> TrainResult:
+        """Run the stage to ``total_steps`` (resuming when configured), save ``OUTPUT/model``; returns the result.
+
+        Longer than 80 lines on purpose: the loop reads top to bottom as one optimiser step (micro-batches, step,
+        log, evaluate, checkpoint) and its state (step, windows, timers) stays local; each part is a method below.
+        """
         config = self.config
         self._check_precision()
         state = PartialState(cpu=_cpu_only())
         world, rank = state.num_processes, state.process_index
         if state.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            # Leftovers of a run killed while writing a checkpoint.
-            for pattern in (f"{_TMP_PREFIX}{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*.old.*", ".model.old.*"):
-                for child in self.output_dir.glob(pattern):  # replace_dir's old copies
-                    shutil.rmtree(child, ignore_errors=True)
+            self._remove_leftovers()
         state.wait_for_everyone()
 
         self.stage.setup(config)
@@ -230,71 +231,15 @@ class Trainer:
         dataset = KeyedDataset(self.stage.train_dataset())
         probe_sampler = GlobalBatchSampler(self.stage, config.per_device_batch_size, world, rank, 0, 1)
         total_steps = self.total_steps(probe_sampler)
-
-        find_unused = config.find_unused_parameters == "true"
-        if config.find_unused_parameters == "auto" and world > 1:
-            module.to(state.device)
-            unused = self._probe_unused_parameters(module, next(iter(probe_sampler)), dataset, state.device)
-            find_unused = bool(unused)
-            if unused and state.is_main_process:
-                logger.warning("find_unused_parameters on: %d trainable parameter(s) get no gradient, e.g. %s",
-                               len(unused), unused[:5])
-        acc = self.accelerator = self._make_accelerator(find_unused)
-
-        optimizer = torch.optim.AdamW(
-            parameter_groups(module, config.weight_decay),
-            lr=config.learning_rate,
-            betas=tuple(config.adam_betas),
-            eps=config.adam_epsilon,
-        )
-        scheduler = _build_scheduler(optimizer, config, total_steps)
-        module, optimizer = acc.prepare(module, optimizer)
-        # The scheduler is stepped once per optimiser step by this loop (not prepared: Accelerate would step it once
-        # per process), but it is registered so that save_state / load_state carry it.
-        acc.register_for_checkpointing(scheduler)
+        acc = self.accelerator = self._make_accelerator(self._find_unused(module, probe_sampler, dataset, state))
+        module, optimizer, scheduler = self._optimizer(module, total_steps)
         self.model = model
 
-        start_step, resumed_from, log_window = 0, None, {}
-        if config.resume:
-            checkpoint = find_checkpoint(self.output_dir, config.resume)
-            if checkpoint is None:
-                if acc.is_main_process:
-                    logger.warning("resume=latest: no checkpoint in %s, starting from scratch.", self.output_dir)
-            else:
-                saved = json.loads((checkpoint / TRAINER_STATE).read_text())
-                global_batch = config.per_device_batch_size * world * config.gradient_accumulation_steps
-                if saved["global_batch"] != global_batch:
-                    raise ValueError(
-                        f"{checkpoint}: saved with a global batch of {saved['global_batch']} rows, this run has "
-                        f"{global_batch} (per_device_batch_size x processes x gradient_accumulation_steps); "
-                        "resume with the same layout."
-                    )
-                acc.load_state(str(checkpoint))
-                start_step, resumed_from = int(saved["step"]), str(checkpoint)
-                log_window = saved.get("log_window", {})
+        start_step, resumed_from, log_window = self._resume(world)
 
         accum = config.gradient_accumulation_steps
-        sampler = GlobalBatchSampler(
-            self.stage, config.per_device_batch_size, world, rank, start_step * accum, total_steps * accum
-        )
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=self.stage.collate,
-            num_workers=config.num_workers,
-            # A private generator: the loader must not draw from the global RNG (that would shift dropout masks
-            # depending on when iterators are created, e.g. after a resume).
-            generator=torch.Generator().manual_seed(config.seed),
-            persistent_workers=False,
-        )
-
-        for tracker in acc.log_with:
-            if hasattr(tracker, "start_step"):
-                tracker.start_step = start_step
-        # On resume both trackers drop what was logged after the checkpoint (TensorBoard: purge_step).
-        acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start_step or None}})
-        if acc.is_main_process:
-            config.to_yaml(self.output_dir / "train_config.yaml")
+        loader = self._loader(dataset, world, rank, start_step * accum, total_steps * accum)
+        self._start_trackers(start_step)
 
         def log(step: int, values: dict[str, float]) -> None:
             acc.log(values, step=step)  # NaN values too, as the CSV log wrote them before
@@ -323,41 +268,15 @@ class Trainer:
             if not last_micro:
                 continue
 
-            grad_norm = None
-            if config.max_grad_norm > 0:
-                grad_norm = acc.clip_grad_norm_(module.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.stage.after_optimizer_step(unwrapped)
+            last_loss = self._optimizer_step(module, optimizer, scheduler, unwrapped, step_sums, log_window)
+            step_sums = {}
             step += 1
             self.global_step = step
 
-            # Mean over processes of this step's losses (one small all-reduce per step keeps the log exact).
-            keys = sorted(step_sums)
-            reduced = acc.reduce(torch.stack([torch.as_tensor(step_sums[k], device=acc.device) for k in keys]), "mean")
-            step_values = dict(zip(keys, reduced.tolist()))
-            step_sums = {}
-            last_loss = step_values["loss"]
-            for key, value in step_values.items():
-                log_window[key] = log_window.get(key, 0.0) + value
-            log_window["_n"] = log_window.get("_n", 0) + 1
-            if grad_norm is not None:
-                log_window["grad_norm"] = log_window.get("grad_norm", 0.0) + float(grad_norm)
-
             logs: dict[str, float] = {}
             if step % config.logging_steps == 0 or step == total_steps:
-                n = log_window.pop("_n")
-                logs = {f"train/{k}": v / n for k, v in log_window.items()}
                 now = time.perf_counter()
-                logs["train/learning_rate"] = scheduler.get_last_lr()[0]
-                logs["train/epoch"] = step * rows_per_step / max(len(self.stage.epoch_indices(0)), 1)
-                logit_scale = getattr(unwrapped, "logit_scale", None)
-                if logit_scale is None and hasattr(unwrapped, "model"):
-                    logit_scale = getattr(unwrapped.model, "logit_scale", None)
-                if logit_scale is not None:
-                    logs["train/logit_scale"] = float(logit_scale.detach().exp())
-                logs["train/rows_per_second"] = n * rows_per_step / max(now - t_window, 1e-9)
+                logs = self._window_logs(step, log_window, scheduler.get_last_lr()[0], unwrapped, now - t_window)
                 t_window = now
                 log_window = {}
                 if acc.is_main_process:
@@ -368,13 +287,8 @@ class Trainer:
             if config.eval_steps and step % config.eval_steps == 0 and step != total_steps:
                 eval_metrics = self._evaluate(unwrapped, step, log)
             if config.save_steps and step % config.save_steps == 0 and step != total_steps:
-                ckpt_state = {
-                    "step": step,
-                    "global_batch": rows_per_step,
-                    "num_processes": world,
-                    "log_window": log_window,
-                    "config": config.to_dict(),
-                }
+                ckpt_state = {"step": step, "global_batch": rows_per_step, "num_processes": world,
+                              "log_window": log_window, "config": config.to_dict()}  # fmt: skip
                 path = self._save_checkpoint(step, ckpt_state)
                 for cb in self.callbacks:
                     cb.on_save(self, step, path)
@@ -393,12 +307,145 @@ class Trainer:
             eval_metrics=eval_metrics,
             resumed_from=resumed_from,
         )
+        self._save_final(module, unwrapped, result)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _loader(self, dataset: KeyedDataset, world: int, rank: int, start_micro: int, end_micro: int) -> DataLoader:
+        """This process's loader over micro-batches ``[start_micro, end_micro)`` of the global batch order."""
+        config = self.config
+        sampler = GlobalBatchSampler(self.stage, config.per_device_batch_size, world, rank, start_micro, end_micro)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.stage.collate,
+            num_workers=config.num_workers,
+            # A private generator: the loader must not draw from the global RNG (that would shift dropout masks
+            # depending on when iterators are created, e.g. after a resume).
+            generator=torch.Generator().manual_seed(config.seed),
+            persistent_workers=False,
+        )
+
+    def _start_trackers(self, start_step: int) -> None:
+        acc = self.accelerator
+        for tracker in acc.log_with:
+            if hasattr(tracker, "start_step"):
+                tracker.start_step = start_step
+        # On resume both trackers drop what was logged after the checkpoint (TensorBoard: purge_step).
+        acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start_step or None}})
+        if acc.is_main_process:
+            self.config.to_yaml(self.output_dir / "train_config.yaml")
+
+    def _optimizer_step(self, module: nn.Module, optimizer, scheduler, unwrapped: nn.Module,
+                        step_sums: dict[str, torch.Tensor], log_window: dict[str, float]) -> float:
+        """Clip, step the optimiser and the schedule, then add the step's losses (mean over processes) and gradient
+        norm to ``log_window`` (in place); returns the step's loss."""
+        acc, config = self.accelerator, self.config
+        grad_norm = None
+        if config.max_grad_norm > 0:
+            grad_norm = acc.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.stage.after_optimizer_step(unwrapped)
+        # Mean over processes of this step's losses (one small all-reduce per step keeps the log exact).
+        keys = sorted(step_sums)
+        reduced = acc.reduce(torch.stack([torch.as_tensor(step_sums[k], device=acc.device) for k in keys]), "mean")
+        step_values = dict(zip(keys, reduced.tolist()))
+        for key, value in step_values.items():
+            log_window[key] = log_window.get(key, 0.0) + value
+        log_window["_n"] = log_window.get("_n", 0) + 1
+        if grad_norm is not None:
+            log_window["grad_norm"] = log_window.get("grad_norm", 0.0) + float(grad_norm)
+        return step_values["loss"]
+
+    def _find_unused(self, module: nn.Module, probe_sampler: GlobalBatchSampler, dataset: KeyedDataset,
+                     state: PartialState) -> bool:
+        """DDP's ``find_unused_parameters``: as configured, or (``auto``, several processes) whether one probe
+        batch leaves a trainable parameter without a gradient."""
+        config = self.config
+        if config.find_unused_parameters != "auto" or state.num_processes <= 1:
+            return config.find_unused_parameters == "true"
+        module.to(state.device)
+        unused = self._probe_unused_parameters(module, next(iter(probe_sampler)), dataset, state.device)
+        if unused and state.is_main_process:
+            logger.warning("find_unused_parameters on: %d trainable parameter(s) get no gradient, e.g. %s",
+                           len(unused), unused[:5])
+        return bool(unused)
+
+    def _optimizer(self, module: nn.Module, total_steps: int):
+        """AdamW and the learning-rate schedule; ``(prepared module, prepared optimizer, scheduler)``."""
+        config, acc = self.config, self.accelerator
+        optimizer = torch.optim.AdamW(
+            parameter_groups(module, config.weight_decay),
+            lr=config.learning_rate,
+            betas=tuple(config.adam_betas),
+            eps=config.adam_epsilon,
+        )
+        scheduler = _build_scheduler(optimizer, config, total_steps)
+        module, optimizer = acc.prepare(module, optimizer)
+        # The scheduler is stepped once per optimiser step by the loop (not prepared: Accelerate would step it once
+        # per process), but it is registered so that save_state / load_state carry it.
+        acc.register_for_checkpointing(scheduler)
+        return module, optimizer, scheduler
+
+    def _remove_leftovers(self) -> None:
+        """Main process: delete what a run killed while writing a checkpoint or the final model left behind."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for pattern in (f"{_TMP_PREFIX}{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*.old.*", ".model.old.*"):
+            for child in self.output_dir.glob(pattern):  # temporary folders and replace_dir's old copies
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _resume(self, world: int) -> tuple[int, str | None, dict[str, float]]:
+        """Load ``config.resume``'s checkpoint into the prepared accelerator: ``(start step, its path or None, the
+        unfinished logging window)``; ``(0, None, {})`` when there is nothing to resume."""
+        config, acc = self.config, self.accelerator
+        if not config.resume:
+            return 0, None, {}
+        checkpoint = find_checkpoint(self.output_dir, config.resume)
+        if checkpoint is None:
+            if acc.is_main_process:
+                logger.warning("resume=latest: no checkpoint in %s, starting from scratch.", self.output_dir)
+            return 0, None, {}
+        saved = json.loads((checkpoint / TRAINER_STATE).read_text())
+        global_batch = config.per_device_batch_size * world * config.gradient_accumulation_steps
+        if saved["global_batch"] != global_batch:
+            raise ValueError(
+                f"{checkpoint}: saved with a global batch of {saved['global_batch']} rows, this run has "
+                f"{global_batch} (per_device_batch_size x processes x gradient_accumulation_steps); "
+                "resume with the same layout."
+            )
+        acc.load_state(str(checkpoint))
+        return int(saved["step"]), str(checkpoint), saved.get("log_window", {})
+
+    def _window_logs(self, step: int, window: dict[str, float], learning_rate: float, unwrapped: nn.Module,
+                     window_seconds: float) -> dict[str, float]:
+        """The ``train/*`` values logged at ``step``: the means over the steps of ``window`` (it holds sums and
+        their count ``_n``), the learning rate, epoch, logit scale and throughput in rows/s."""
+        n = window.pop("_n")
+        logs = {f"train/{k}": v / n for k, v in window.items()}
+        rows_per_step = self.config.per_device_batch_size * self.accelerator.num_processes
+        rows_per_step *= self.config.gradient_accumulation_steps
+        logs["train/learning_rate"] = learning_rate
+        logs["train/epoch"] = step * rows_per_step / max(len(self.stage.epoch_indices(0)), 1)
+        logit_scale = getattr(unwrapped, "logit_scale", None)
+        if logit_scale is None and hasattr(unwrapped, "model"):
+            logit_scale = getattr(unwrapped.model, "logit_scale", None)
+        if logit_scale is not None:
+            logs["train/logit_scale"] = float(logit_scale.detach().exp())
+        logs["train/rows_per_second"] = n * rows_per_step / max(window_seconds, 1e-9)
+        return logs
+
+    def _save_final(self, module: nn.Module, unwrapped: nn.Module, result: TrainResult) -> None:
+        """Write ``OUTPUT/model`` (swapped in whole) and ``train_result.json``; close the trackers."""
+        acc = self.accelerator
         acc.wait_for_everyone()
         # Every process takes part in gathering the state (sharded strategies need it); the main one writes it.
         state_dict = self._model_state_dict(module, unwrapped)
         if acc.is_main_process:
             final = self.output_dir / "model"
-            tmp = self.output_dir / f"{_TMP_PREFIX}model"
+            tmp = self.output_dir / f"{_TMP_PREFIX}model"  # one name for every rank, as for checkpoints
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             unwrapped.eval()
@@ -409,9 +456,6 @@ class Trainer:
             for tracker in acc.trackers:  # not acc.end_training(): that also ends the process group
                 tracker.finish()
         acc.wait_for_everyone()
-        for cb in self.callbacks:
-            cb.on_train_end(self, result)
-        return result
 
     def _model_state_dict(self, module: nn.Module, unwrapped: nn.Module) -> dict[str, torch.Tensor]:
         """The stage model's state dict, gathered through Accelerate; keys relative to the model when the trained
