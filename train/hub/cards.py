@@ -44,6 +44,77 @@ from x2ctclip.train.hub.results import load_evaluation_results
 from x2ctclip.train.hub.validation import license_problems, validate_card
 
 
+def _read_training_info(training_info: Mapping[str, Any] | str | os.PathLike | None) -> Mapping[str, Any] | None:
+    """``training_info`` as a mapping (a JSON file path is read); ``ValueError`` / ``FileNotFoundError`` naming it."""
+    if isinstance(training_info, (str, os.PathLike)):
+        path = Path(training_info)
+        try:
+            training_info = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: training info file not found.") from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable JSON file ({err}).") from None
+    if training_info is not None and not isinstance(training_info, Mapping):
+        raise ValueError(f"training_info must be a dict or a JSON file path, got {type(training_info).__name__}.")
+    return training_info
+
+
+def _card_prose(model_name: str, n_findings: int, has_cxr: bool) -> tuple[str, str, str, str]:
+    """The card's fixed prose: ``(summary, intended use, limitations, CXR note)`` for an X2CT-CLIP model, or for
+    CT and report towers only (``has_cxr=False``)."""
+    summary = (
+        f"**{model_name}** is an [X2CT-CLIP](https://arxiv.org/abs/2503.02162) model: a chest X-ray (CXR) encoder "
+        "aligned with the CT and report encoders of [CT-CLIP](https://arxiv.org/abs/2403.17834) in one latent space, "
+        f"so that it scores {n_findings} abnormalities labelled on chest CT (the CT-RATE "
+        "findings) from a frontal chest radiograph, zero-shot, by comparing the CXR embedding with report-style "
+        "prompts."
+    )
+    intended = (
+        "- Research on transferring CT-level findings to chest radiographs: zero-shot scoring of the listed findings, "
+        "CXR-CT-report retrieval, and CXR embeddings (`get_cxr_features`) for linear probes or few-shot heads.\n"
+        "- Benchmarking against other CXR models on data you are allowed to use.\n\n"
+        "Out of scope: any clinical use (diagnosis, triage, screening, reporting), use on lateral views or on "
+        "non-chest images, and decisions about individual patients."
+    )
+    limitations = (
+        "- **Trained on simulated CXRs.** The CXR encoder learnt from radiographs computed from CT volumes (see below), "
+        "not from real X-ray exposures. Real radiographs differ (beam hardening, scatter, detector response, "
+        "positioning, post-processing); performance on real CXRs is expected to be lower and must be measured.\n"
+        "- **Label noise.** CT-RATE's labels were extracted from reports by a RadBERT classifier; about 4 % of the "
+        "validation labels change when it is re-run, so metrics have a noise floor.\n"
+        "- **Population.** CT-RATE holds non-contrast chest CTs from a single source; the model has not been "
+        "characterised on other populations, scanners, children or acquisition protocols.\n"
+        "- **Findings.** Only the findings listed below are scored. Many are CT-level findings (e.g. small nodules, "
+        "coronary calcification) that may be invisible on a radiograph; a score is a correlate learnt from data, not "
+        "evidence that the finding is visible.\n"
+        "- **Scores are not calibrated probabilities**; pick operating points on your own validation data."
+    )
+    cxr_note = (
+        "It was trained on CXRs *simulated* from CT volumes; its behaviour on real radiographs has to be validated on "
+        "real data first."
+    )
+    if not has_cxr:
+        summary = (
+            f"**{model_name}** holds the CT and report encoders of a [CT-CLIP](https://arxiv.org/abs/2403.17834) "
+            "model (no chest X-ray tower): it aligns chest CT volumes with their radiology reports and scores the "
+            f"{n_findings} listed findings zero-shot from a CT volume. These towers are the "
+            "frozen teachers of an X2CT-CLIP chest X-ray encoder."
+        )
+        intended = (
+            "- Research on 3D chest CT: zero-shot scoring of the listed findings from a CT volume, CT-report "
+            "retrieval, CT and report embeddings.\n- The frozen CT and report towers of X2CT-CLIP.\n\n"
+            "Out of scope: any clinical use, and commercial use where the license is non-commercial."
+        )
+        limitations = (
+            "- CT-RATE's labels were extracted from reports by a RadBERT classifier (about 4 % of validation labels "
+            "change when it is re-run).\n- Inputs must be preprocessed as the volume processor of this folder does "
+            "(HU window, spacing, crop / pad); other preprocessing silently degrades the scores.\n"
+            "- Populations, scanners and protocols other than the training data's are uncharacterised.\n"
+            "- Scores are not calibrated probabilities."
+        )
+    return summary, intended, limitations, cxr_note
+
+
 def build_model_card(
     config: Any,
     *,
@@ -94,16 +165,7 @@ def build_model_card(
             names that are not Hub ids.
     """
     config = config_dict(config)
-    if isinstance(training_info, (str, os.PathLike)):
-        path = Path(training_info)
-        try:
-            training_info = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: training info file not found.") from None
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable JSON file ({err}).") from None
-    if training_info is not None and not isinstance(training_info, Mapping):
-        raise ValueError(f"training_info must be a dict or a JSON file path, got {type(training_info).__name__}.")
+    training_info = _read_training_info(training_info)
     results = load_evaluation_results(metrics)
     towers = config.get("towers") or ["cxr", "ct", "text"]
     has_cxr = "cxr" in towers
@@ -135,56 +197,7 @@ def build_model_card(
     problems = license_problems(license, license_name, license_link)
     if problems:
         raise ValueError("; ".join(problems))
-    summary = (
-        f"**{model_name}** is an [X2CT-CLIP](https://arxiv.org/abs/2503.02162) model: a chest X-ray (CXR) encoder "
-        "aligned with the CT and report encoders of [CT-CLIP](https://arxiv.org/abs/2403.17834) in one latent space, "
-        f"so that it scores {len(config.get('findings') or [])} abnormalities labelled on chest CT (the CT-RATE "
-        "findings) from a frontal chest radiograph, zero-shot, by comparing the CXR embedding with report-style "
-        "prompts."
-    )
-    intended = (
-        "- Research on transferring CT-level findings to chest radiographs: zero-shot scoring of the listed findings, "
-        "CXR-CT-report retrieval, and CXR embeddings (`get_cxr_features`) for linear probes or few-shot heads.\n"
-        "- Benchmarking against other CXR models on data you are allowed to use.\n\n"
-        "Out of scope: any clinical use (diagnosis, triage, screening, reporting), use on lateral views or on "
-        "non-chest images, and decisions about individual patients."
-    )
-    limitations = (
-        "- **Trained on simulated CXRs.** The CXR encoder learnt from radiographs computed from CT volumes (see below), "
-        "not from real X-ray exposures. Real radiographs differ (beam hardening, scatter, detector response, "
-        "positioning, post-processing); performance on real CXRs is expected to be lower and must be measured.\n"
-        "- **Label noise.** CT-RATE's labels were extracted from reports by a RadBERT classifier; about 4 % of the "
-        "validation labels change when it is re-run, so metrics have a noise floor.\n"
-        "- **Population.** CT-RATE holds non-contrast chest CTs from a single source; the model has not been "
-        "characterised on other populations, scanners, children or acquisition protocols.\n"
-        "- **Findings.** Only the findings listed below are scored. Many are CT-level findings (e.g. small nodules, "
-        "coronary calcification) that may be invisible on a radiograph; a score is a correlate learnt from data, not "
-        "evidence that the finding is visible.\n"
-        "- **Scores are not calibrated probabilities**; pick operating points on your own validation data."
-    )
-    cxr_note = (
-        "It was trained on CXRs *simulated* from CT volumes; its behaviour on real radiographs has to be validated on "
-        "real data first."
-    )
-    if not has_cxr:
-        summary = (
-            f"**{model_name}** holds the CT and report encoders of a [CT-CLIP](https://arxiv.org/abs/2403.17834) "
-            "model (no chest X-ray tower): it aligns chest CT volumes with their radiology reports and scores the "
-            f"{len(config.get('findings') or [])} listed findings zero-shot from a CT volume. These towers are the "
-            "frozen teachers of an X2CT-CLIP chest X-ray encoder."
-        )
-        intended = (
-            "- Research on 3D chest CT: zero-shot scoring of the listed findings from a CT volume, CT-report "
-            "retrieval, CT and report embeddings.\n- The frozen CT and report towers of X2CT-CLIP.\n\n"
-            "Out of scope: any clinical use, and commercial use where the license is non-commercial."
-        )
-        limitations = (
-            "- CT-RATE's labels were extracted from reports by a RadBERT classifier (about 4 % of validation labels "
-            "change when it is re-run).\n- Inputs must be preprocessed as the volume processor of this folder does "
-            "(HU window, spacing, crop / pad); other preprocessing silently degrades the scores.\n"
-            "- Populations, scanners and protocols other than the training data's are uncharacterised.\n"
-            "- Scores are not calibrated probabilities."
-        )
+    summary, intended, limitations, cxr_note = _card_prose(model_name, len(config.get("findings") or []), has_cxr)
     cites = ([X2CTCLIP_CITATION] if has_cxr else []) + ([CTCLIP_CITATION] if ctclip_derived or not has_cxr else [])
     citation = "```bibtex\n" + "\n\n".join(cites) + "\n```"
     return render(
