@@ -152,6 +152,31 @@ def _plot(record: dict[str, Any], path: Path) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
+def _check_protocol(methods: Sequence[str], fractions: Sequence[float], seeds: Sequence[int]):
+    """``(methods, fractions, seeds)`` deduplicated (fractions sorted); ``ValueError`` for an impossible protocol."""
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}.")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {fractions}.")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("give at least one seed.")
+    return methods, fractions, seeds
+
+
+def _finished_runs(record_path: Path, settings: dict[str, Any]) -> dict[str, dict]:
+    """Runs of an earlier ``fewshot.json`` made with the same settings (fractions, seeds and methods may differ),
+    by run name; {} when there is none or its settings differ."""
+    previous = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if previous is None:
+        return {}
+    same = {k: v for k, v in previous.get("settings", {}).items() if k not in ("fractions", "seeds", "methods")}
+    return {r["name"]: r for r in previous.get("runs", [])} if same == jsonable(settings) else {}
+
+
 def run_fewshot(
     model_dir: str | os.PathLike,
     data: str | os.PathLike,
@@ -173,16 +198,7 @@ def run_fewshot(
 ) -> dict[str, Any]:
     """The few-shot protocol (module docstring) for every method x fraction x seed; returns the ``fewshot.json``
     record. Finished runs of an earlier call with the same settings are reused."""
-    methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}.")
-    fractions = sorted({float(f) for f in fractions})
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ValueError(f"fractions must be in (0, 1], got {fractions}.")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
-    if not seeds:
-        raise ValueError("give at least one seed.")
+    methods, fractions, seeds = _check_protocol(methods, fractions, seeds)
     probe, lora = probe or LinearProbeConfig(), lora or LoraTrainConfig()
     model_dir, data, out = Path(model_dir), Path(data), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,12 +219,7 @@ def run_fewshot(
         "stratification": "iterative (Sechidis et al. 2011) over scans",
     }  # fmt: skip
     record_path = out / "fewshot.json"
-    previous = json.loads(record_path.read_text()) if record_path.is_file() else None
-    done: dict[str, dict] = {}
-    if previous is not None:
-        same = {k: v for k, v in previous.get("settings", {}).items() if k not in ("fractions", "seeds", "methods")}
-        if same == jsonable(settings):
-            done = {r["name"]: r for r in previous.get("runs", [])}
+    done = _finished_runs(record_path, settings)
     settings.update(fractions=fractions, seeds=seeds, methods=methods)
 
     images = ImageRows(train)
