@@ -25,6 +25,33 @@ from .simulation import CXR_ORIENTATION, LATERAL_ORIENTATION, simulate_cxr, simu
 # The combined processor (chest X-rays + CT volumes + report text).
 from .processing_x2ctclip import X2CTCLIPProcessor
 
+__all__ = [
+    "CANONICAL_AXCODES",
+    "CT_RATE_NIFTI_AXCODES",
+    "CXR_ORIENTATION",
+    "LATERAL_ORIENTATION",
+    "REPORT_TOKENIZER_KWARGS",
+    "CTVolume",
+    "NonFrontalViewWarning",
+    "Radiograph",
+    "X2CTCLIPImageProcessor",
+    "X2CTCLIPProcessor",
+    "X2CTCLIPVolumeProcessor",
+    "build_wordpiece_tokenizer",
+    "check_hu",
+    "clean_report",
+    "ct_rate_affine",
+    "is_dicom_file",
+    "load_ct",
+    "load_radiograph",
+    "load_report_tokenizer",
+    "minilm_model_dir",
+    "minilm_tokenizer_dir",
+    "simulate_cxr",
+    "simulate_cxr_batch",
+    "tokenize_reports",
+]
+
 # Registered under the model types "x2ctclip" (composite) and "x2ctclip_ct" (CT tower) so that AutoImageProcessor and
 # AutoProcessor find the classes by the `image_processor_type` / `processor_class` saved in their configs
 # (processors never import the model, hence model-type keys rather than config classes).

@@ -84,6 +84,9 @@ def read_dicom_series(
         rescale: ``(slope, intercept)`` replacing RescaleSlope/RescaleIntercept.
         max_voxels: refuse (``ValueError``) larger series, checked on headers before pixel data is read.
         slice_gaps: ``"error"`` (default) or ``"median"`` (see above).
+
+    Longer than 80 lines on purpose: one pass over the slices checks geometry and rescale as it stacks them; the order
+    of those checks is the reading order.
     """
     import pydicom
 

@@ -149,6 +149,9 @@ def decode_nifti(
     Raises:
         ValueError: empty, truncated, corrupt or over-long stream; not NIfTI; not 3-D; over ``max_voxels``;
             implausible spacing; invalid scale factors -- each message starts with ``source``.
+
+    Longer than 80 lines on purpose: the checks run in the order the bytes arrive (header, budget, spacing, scale
+    factors, data, trailing bytes), and splitting them would pass the half-read stream between functions.
     """
     if isinstance(stream, (bytes, bytearray, memoryview)):
         stream = io.BytesIO(bytes(stream))

@@ -98,6 +98,9 @@ def ct_rate_table(
     Raises:
         FileNotFoundError: a required table is missing.
         ValueError: a table lacks a column, has duplicated or malformed volume names, or non-binary labels.
+
+    Longer than 80 lines on purpose: it is the one place where the release's tables meet (reports, labels, metadata, no-
+    chest lists), checked column by column in the order they are joined.
     """
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}.")

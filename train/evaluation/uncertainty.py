@@ -158,6 +158,9 @@ def bootstrap_ci(
     Returns:
         A :class:`ConfidenceInterval` for a float metric, a list of them for a 1-D array metric, a dict of those
         for a dict metric.
+
+    Longer than 80 lines on purpose: argument checks, the seeded resampling loop and the interval methods share the
+    resampled indices; splitting them would pass those arrays around for no gain.
     """
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one data array.")
