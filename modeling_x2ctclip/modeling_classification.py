@@ -38,7 +38,7 @@ from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
 from .calibration import apply_calibration, calibration_thresholds, check_calibration
 from .configuration_x2ctclip import X2CTCLIPConfig
-from .modeling_x2ctclip import X2CTCLIPPreTrainedModel, _feature_width, mean_pool_tokens
+from .modeling_x2ctclip import X2CTCLIPPreTrainedModel, feature_width, mean_pool_tokens
 
 __all__ = [
     "X2CTCLIPClassificationOutput",
@@ -152,7 +152,7 @@ class X2CTCLIPForAbnormalityClassification(X2CTCLIPPreTrainedModel):
         super().__init__(config)
         self.num_labels = len(config.findings)
         self.cxr_model = AutoModel.from_config(config.cxr_config)
-        self.cxr_projection = nn.Linear(_feature_width(config.cxr_config), config.projection_dim,
+        self.cxr_projection = nn.Linear(feature_width(config.cxr_config), config.projection_dim,
                                         bias=config.cxr_projection_bias)
         self.classifier = nn.Linear(config.projection_dim, self.num_labels)
         if getattr(config, "calibration", None) is not None:

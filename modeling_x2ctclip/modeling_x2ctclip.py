@@ -64,7 +64,7 @@ class X2CTCLIPOutput(ModelOutput):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
-def _feature_width(config) -> int:
+def feature_width(config) -> int:
     """Width of a backbone's last feature: ``hidden_sizes[-1]`` for CNNs (ResNet, ConvNeXt), else ``hidden_size``."""
     sizes = getattr(config, "hidden_sizes", None)
     if isinstance(sizes, (list, tuple)) and sizes:
@@ -120,13 +120,13 @@ class X2CTCLIPModel(X2CTCLIPPreTrainedModel):
         self.text_model = self.text_projection = None
         if "cxr" in towers:
             self.cxr_model = AutoModel.from_config(config.cxr_config)
-            self.cxr_projection = nn.Linear(_feature_width(config.cxr_config), dim, bias=config.cxr_projection_bias)
+            self.cxr_projection = nn.Linear(feature_width(config.cxr_config), dim, bias=config.cxr_projection_bias)
         if "ct" in towers:
             self.ct_model = X2CTCLIPCTModel(config.ct_config)
             self.ct_projection = nn.Linear(config.ct_config.pooled_dim, dim, bias=False)
         if "text" in towers:
             self.text_model = AutoModel.from_config(config.text_config)
-            self.text_projection = nn.Linear(_feature_width(config.text_config), dim, bias=False)
+            self.text_projection = nn.Linear(feature_width(config.text_config), dim, bias=False)
         # Log of the logit scale (CT-CLIP's `temperature`): logits = exp(logit_scale) * cos-similarity.
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.loss_fn = X2CTCLIPLoss(config.loss_weights)
