@@ -99,3 +99,27 @@ def test_x2ct_stage_checkpoints_the_cxr_tower_and_learns_the_same_weights(inputs
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("text_training, towers", [("full", ("ct", "text")), ("frozen", ("ct",))])
+def test_ctclip_stage_checkpoints_the_towers_it_trains(tmp_path, text_training, towers):
+    from scripts.train_fixtures import make_preprocessed
+
+    from x2ctclip.processors import build_wordpiece_tokenizer
+    from x2ctclip.train.data.folders import load_preprocessed
+    from x2ctclip.train.training.config import CTCLIPTrainConfig
+    from x2ctclip.train.training.ctclip_stage import CTCLIPStage
+
+    data = make_preprocessed(tmp_path / "data", scans={"train": 4})
+    reports = list(load_preprocessed(data, "train", columns=["report"])["report"])
+    build_wordpiece_tokenizer(reports, vocab_size=300).save_pretrained(tmp_path / "tok")
+    config = CTCLIPTrainConfig(
+        output_dir=str(tmp_path / "run"), data_dir=str(data), ct_preset="tiny", projection_dim=16, text_model=None,
+        text_preset="tiny", tokenizer=str(tmp_path / "tok"), text_training=text_training, max_text_length=64,
+        eval_split=None, progress_bar=False, gradient_checkpointing=True,
+    )
+    stage = CTCLIPStage(config)
+    stage.setup(config)
+    model = stage.build_model()
+    for tower in ("ct", "text"):
+        assert bool(_checkpointed_layers(getattr(model, f"{tower}_model"))) == (tower in towers), tower
