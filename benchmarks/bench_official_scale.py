@@ -42,7 +42,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling benchmarks' phantom writer and synthetic-subset helper
