@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from x2ctclip.fileio import write_atomic
+
 __all__ = [
     "CT_PRESETS",
     "CTCLIPTrainConfig",
@@ -135,6 +137,11 @@ class TrainConfig:
     lr_scheduler: str = _field("constant", "learning-rate schedule after warm-up", choices=("constant", "cosine", "linear"))
     warmup_steps: int = _field(0, "linear warm-up steps")
     mixed_precision: str = _field("no", "autocast precision (fp16 needs a GPU)", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _field(
+        False,
+        "recompute the activations of the trained towers' layers in the backward pass instead of keeping them "
+        "(less memory, about one more forward of compute)",
+    )
     logging_steps: int = _field(10, "log the training losses every N optimiser steps")
     eval_steps: int = _field(0, "evaluate on the validation split every N steps (0: only at the end)")
     save_steps: int = _field(500, "write a resumable checkpoint every N optimiser steps (0: none)")
@@ -189,10 +196,7 @@ class TrainConfig:
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         """Write the config as YAML (readable back with ``--config``), atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":

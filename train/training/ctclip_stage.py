@@ -28,7 +28,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from x2ctclip.train.training.config import CT_PRESETS, TEXT_PRESETS, CTCLIPTrainConfig, resolve_preset
-from x2ctclip.train.training.stage import ScanStage, TrainerCallback, TrainResult, zero_shot_metrics
+from x2ctclip.train.training.stage import (
+    ScanStage,
+    TrainerCallback,
+    TrainResult,
+    enable_gradient_checkpointing,
+    zero_shot_metrics,
+)
 from x2ctclip.train.training.trainer import Trainer, build_processor, volume_processor_kwargs, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -267,6 +273,9 @@ class CTCLIPStage(ScanStage):
             if c.text_training == "frozen":
                 model.text_projection.requires_grad_(False)
             self._cache_text_features(model)
+        if c.gradient_checkpointing:
+            # The report body runs in the step only when it trains (text_training: full).
+            enable_gradient_checkpointing(model, ["ct", "text"] if c.text_training == "full" else ["ct"])
         return model
 
     def _cache_text_features(self, model) -> None:

@@ -106,6 +106,32 @@ class ScanStage(TrainingStage):
         return order
 
 
+def enable_gradient_checkpointing(model: nn.Module, towers: Sequence[str]) -> list[str]:
+    """Turn on activation checkpointing in the trained ``towers`` (names of ``model.{tower}_model``) of the composite
+    model; returns the towers it was turned on in.
+
+    Only trained towers matter: a frozen tower runs in eval mode under ``no_grad`` (or not at all when its latents are
+    cached), where checkpointing does nothing. The recompute is non-reentrant, so it also gives gradients to layers
+    whose inputs need none (the first layer of a tower fed by a frozen stem). ``ValueError`` names a trained tower
+    whose transformers class has no checkpointing (e.g. ``ResNetModel``) rather than silently training without it.
+    """
+    enabled = []
+    for tower in towers:
+        sub = getattr(model, f"{tower}_model", None)
+        if sub is None:
+            continue
+        if not getattr(sub, "supports_gradient_checkpointing", False):
+            raise ValueError(
+                f"gradient_checkpointing: the {tower} tower ({type(sub).__name__}) does not support it in transformers; "
+                "choose a tower that does (Swin, ViT, BERT, the CT tower) or turn gradient_checkpointing off."
+            )
+        sub.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enabled.append(tower)
+    if enabled:
+        logger.info("gradient checkpointing on in the %s tower(s)", ", ".join(enabled))
+    return enabled
+
+
 def zero_shot_metrics(model, image_embeds, labels, tokenizer, max_length, device,
                       prefix="zeroshot") -> dict[str, float]:  # fmt: skip
     """Zero-shot macro AUROC over the findings present in ``labels`` (with both classes), from ``image_embeds``

@@ -21,7 +21,13 @@ from torch.utils.data import Dataset
 
 from x2ctclip.train.training.augment import CXRTrainAugmentation, sample_rng
 from x2ctclip.train.training.config import CXR_PRESETS, X2CTTrainConfig, resolve_preset
-from x2ctclip.train.training.stage import ScanStage, TrainerCallback, TrainResult, zero_shot_metrics
+from x2ctclip.train.training.stage import (
+    ScanStage,
+    TrainerCallback,
+    TrainResult,
+    enable_gradient_checkpointing,
+    zero_shot_metrics,
+)
 from x2ctclip.train.training.trainer import Trainer, build_processor, volume_processor_kwargs, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -153,6 +159,8 @@ class X2CTStage(ScanStage):
                 f"{config.embedding_cache}: cached latents are {self.ct_embeds.shape[1]}-d but the model projects to "
                 f"{dim}; the cache was made with another model."
             )
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model, ["cxr"])  # the only tower a cached step runs
         return model.train()
 
     # ------------------------------------------------------------------ evaluation
