@@ -80,9 +80,8 @@ __all__ = [
     "MAX_ZIP_RATIO", "MODE_TITLES", "OTHER_MODALITIES", "REFERENCE_FILE", "SIMULATION_MODES", "CTResult",
     "DemoEngine", "InputError", "Issue", "LatentReference", "Limits", "Predictions", "RadiographResult",
     "ReportGallery", "calibrate_logits", "calibration_thresholds", "chest_ct_issues", "describe_calibration",
-    "load_latents",
-    "overlay_saliency", "read_calibrations", "read_report_csv", "render_chart", "save_latents", "simulate_phantom_cxrs", "smooth_map",
-    "sniff_file_type", "to_uint8", "upsample_map",
+    "load_latents", "overlay_saliency", "read_calibrations", "read_report_csv", "render_chart", "save_latents",
+    "simulate_phantom_cxrs", "smooth_map", "sniff_file_type", "to_uint8", "upsample_map",
 ]  # fmt: skip
 
 logger = logging.getLogger("x2ctclip.demo")

@@ -123,6 +123,8 @@ _TYPE_NAMES = {
 
 
 def check_upload(path: Any, max_bytes: int, what: str) -> Path:
+    """The uploaded file as a :class:`Path`, refused (:class:`InputError`) when missing, empty or over ``max_bytes``
+    bytes; ``what`` names the upload in the message ("radiograph", "CT")."""
     if path is None or path == "":
         raise InputError(f"No {what} was uploaded.")
     path = Path(path)
@@ -197,6 +199,9 @@ def check_header_size(path: Path, limits: Limits, width: int, height: int) -> No
 
 
 def dicom_header_issues(path: Path, limits: Limits) -> list[Issue]:
+    """Checks on a DICOM radiograph's header (read without its pixels): size and sides refused as in
+    :func:`check_header_size`; a Modality that is certainly not a radiograph, or a BodyPartExamined that is not the
+    chest, is an :class:`Issue`."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as error:  # pydicom raises InvalidDicomError, EOFError, OSError, struct.error, ...
@@ -215,6 +220,8 @@ def dicom_header_issues(path: Path, limits: Limits) -> list[Issue]:
 
 
 def bitmap_issues(path: Path, limits: Limits) -> list[Issue]:
+    """Checks on a PNG / JPEG: size and sides refused from the header (:func:`check_header_size`); a colour image
+    (more than 5 % of a 256-px thumbnail with chroma above 0.1) is an :class:`Issue`."""
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size

@@ -37,6 +37,10 @@ def app_files(demo_dir: Path = DEMO_DIR) -> list[Path]:
     ``demo_engine``, which imports its sibling modules by their file names, so each one must travel)."""
     return sorted(p for p in demo_dir.glob("*.py") if p.is_file())
 
+
+#: The names of :func:`app_files` when this module was imported (kept: the old ``x2ctclip.train.space.APP_FILES``).
+APP_FILES = tuple(p.name for p in app_files())
+
 SPACE_APP = '''"""Space entry point written by `x2ctclip space`: serve the model named below (a folder in this Space
 or a Hub id) on 0.0.0.0:7860 as Spaces expect; X2CTCLIP_DEMO_MODEL, set as a Space variable, takes precedence."""
 
