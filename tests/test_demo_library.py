@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -132,21 +133,28 @@ def test_asset_names_and_latent_files_come_from_the_library(tmp_path):
 ENGINE_SCRIPT = """
     import importlib.abc, json, sys
 
+    demo_dir, folder, image, phantoms = sys.argv[1:5]
+    # With phantoms, the reference is simulated from synthetic phantoms: x2ctclip.train.synthetic (and the package
+    # itself, whose __init__ loads only its compat table) may load; nothing else of x2ctclip.train.
+    allowed = ("x2ctclip.train", "x2ctclip.train.compat", "x2ctclip.train.synthetic") if int(phantoms) else ()
+
     class BlockTrain(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
+            if name in allowed or (allowed and name.startswith("x2ctclip.train.synthetic.")):
+                return None
             if name == "x2ctclip.train" or name.startswith("x2ctclip.train."):
                 raise ImportError(f"x2ctclip.train is blocked in this test ({name})")
 
     sys.meta_path.insert(0, BlockTrain())
-    demo_dir, folder, image = sys.argv[1:4]
     sys.path.insert(0, demo_dir)
     import demo_engine as de
 
-    engine = de.DemoEngine(folder, reference_phantoms=0, display_size=64)
+    engine = de.DemoEngine(folder, reference_phantoms=int(phantoms), display_size=64)
     result = engine.analyse_radiograph(image, show_anyway=True)
     chart = de.render_chart([result.predictions], engine.findings)
     loaded = sorted(m for m in sys.modules if m.startswith("x2ctclip.train"))
-    assert not loaded, loaded
+    assert all(m in allowed or m.startswith("x2ctclip.train.synthetic.") for m in loaded), loaded
+    assert bool(loaded) == bool(int(phantoms)), loaded
     p = result.predictions
     print(json.dumps({"probabilities": p.probabilities.tolist(), "logits": p.logits.tolist(),
                       "thresholds": [None if v != v else v for v in p.thresholds.tolist()],
@@ -171,14 +179,19 @@ def calibrated_demo_folder(tmp_path_factory) -> tuple[Path, dict]:
     return folder, calibration
 
 
+def _run_engine(folder: Path, image: Path, phantoms: int = 0) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(ENGINE_SCRIPT), str(REPO / "spaces_demo"),
+                          str(folder), str(image), str(phantoms)], capture_output=True, text=True, timeout=600,
+                         env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def test_demo_engine_answers_a_radiograph_with_the_training_package_blocked(calibrated_demo_folder, tmp_path):
     folder, calibration = calibrated_demo_folder
     image = chest_like_png(tmp_path / "cxr.png")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(ENGINE_SCRIPT), str(REPO / "spaces_demo"),
-                          str(folder), str(image)], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = _run_engine(folder, image)
     assert got["calibrated"] and got["calibration"] == "platt calibration, thresholds: youden"
     assert got["n_reference"] == 4 and got["retrieved"] == 5 and got["saliency"] == [64, 64]
     assert got["bars"] == N_FINDINGS
@@ -189,6 +202,16 @@ def test_demo_engine_answers_a_radiograph_with_the_training_package_blocked(cali
     assert got["thresholds"] == calibration["thresholds"]
     here = de.DemoEngine(folder, reference_phantoms=0, display_size=64).analyse_radiograph(image, show_anyway=True)
     np.testing.assert_allclose(got["logits"], here.predictions.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_only_the_phantom_reference_needs_the_synthetic_studies(calibrated_demo_folder, tmp_path):
+    """A folder without ``cxr_reference.safetensors``: the reference is simulated from phantoms, with everything of
+    ``x2ctclip.train`` blocked except ``x2ctclip.train.synthetic``."""
+    folder, _ = calibrated_demo_folder
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns(assets.REFERENCE_FILE))
+    got = _run_engine(bare, chest_like_png(tmp_path / "cxr.png"), phantoms=3)
+    assert got["n_reference"] == 3 and got["calibrated"]
 
 
 def test_the_space_copies_every_module_the_demo_imports():
