@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
+import gc  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -38,8 +39,10 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from huggingface_hub import snapshot_download  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_engine sits next to this file (also on a Space)
+# demo_engine and its sibling modules (uploads, ood, gallery, ...) sit next to this file, also on a Space.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_engine import (  # noqa: E402
     FLAG_MEANING,
@@ -126,8 +129,6 @@ def _model_summary(engine: DemoEngine) -> str:
 def release_memory() -> None:
     """Hand freed heap back to the system after each request (glibc keeps it otherwise, so one hostile upload would
     leave the server gigabytes above its idle level); a no-op where ``malloc_trim`` does not exist."""
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -326,8 +327,6 @@ def _looks_like_hub_id(name: str) -> bool:
 def hub_model_dir(repo_id: str) -> Path:
     """The local folder of a Hub model repo (its weights, processor and demo assets), through huggingface_hub's
     cache: offline (the default here) only the cache is read; with ``HF_HUB_OFFLINE=0`` it is downloaded once."""
-    from huggingface_hub import snapshot_download
-
     try:
         path = Path(snapshot_download(repo_id))
     except Exception as error:  # LocalEntryNotFoundError offline, RepositoryNotFoundError, HTTP errors online

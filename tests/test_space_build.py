@@ -45,6 +45,10 @@ def test_space_folder_is_complete(space, capsys):
                  "x2ctclip/__init__.py", "x2ctclip/processors/__init__.py", "model/config.json"):
         assert (space / name).is_file(), name
     assert len(list((space / "wheels").glob("x2ctclip-*-py3-none-any.whl"))) == 1
+    from x2ctclip.train.hub.space import app_files
+
+    for source in app_files():  # demo_engine imports its sibling modules by file name: each one is copied
+        assert (space / source.name).read_bytes() == source.read_bytes(), source.name
     requirements = (space / "requirements.txt").read_text()
     assert "YOUR-ORG" not in requirements and "git+" not in requirements and "x2ctclip @" not in requirements
     assert "gradio" in requirements and "transformers" in requirements

@@ -13,7 +13,8 @@ into the model folder:
 - ``demo_assets.json``: the split, counts, the acceptance share of the check and the one-line description of the
   training distribution the demo shows.
 
-The test split is never read, so held-out test CXRs stay an honest check of the demo.
+The test split is never read, so held-out test CXRs stay an honest check of the demo. The file names and
+:func:`save_latents` come from :mod:`x2ctclip.assets` (re-exported here), where the demo reads them.
 """
 
 from __future__ import annotations
@@ -23,25 +24,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
-__all__ = ["ASSETS_FILE", "GALLERY_FILE", "REFERENCE_FILE", "save_latents", "write_demo_assets"]
+# The file names and the latent format live in the library (the demo reads them without this package); re-exported
+# here so the old import path keeps working.
+from x2ctclip.assets import ASSETS_FILE, CALIBRATION_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents
 
-ASSETS_FILE = "demo_assets.json"
-GALLERY_FILE = "report_gallery.safetensors"
-REFERENCE_FILE = "cxr_reference.safetensors"
+__all__ = ["ASSETS_FILE", "CALIBRATION_FILE", "DEFAULT_ACCEPT_SHARE", "GALLERY_FILE", "REFERENCE_FILE", "save_latents", "write_demo_assets"]
+
 #: Share of in-distribution CXRs the demo's out-of-distribution limit accepts (its out-of-fold quantile).
 DEFAULT_ACCEPT_SHARE = 0.975
-
-
-def save_latents(path: str | os.PathLike, name: str, latents: torch.Tensor, metadata: dict[str, str]) -> Path:
-    """Write ``{name: latents}`` with string ``metadata`` to a safetensors file, atomically (temp name + rename)."""
-    from safetensors.torch import save
-
-    from x2ctclip.train.evaluation.provenance import write_atomic
-
-    return write_atomic(Path(path), save({name: latents.detach().float().contiguous().cpu()}, metadata=metadata))
 
 
 def _describe_distribution(data: Path, source: dict[str, Any]) -> str:
@@ -108,7 +100,7 @@ def write_demo_assets(model_dir: str | os.PathLike, data: str | os.PathLike, cac
         "accept_share": accept_share,
         "calibration": {"method": calibration["method"], "threshold_method": calibration["threshold_method"],
                         "ece_after_macro": calibration["ece"]["after"]["macro"]},
-        "files": [REFERENCE_FILE, GALLERY_FILE, "calibration.json"],
+        "files": [REFERENCE_FILE, GALLERY_FILE, CALIBRATION_FILE],
         "report_latents": report_origin,
     }
     write_json(model_dir / ASSETS_FILE, record)

@@ -1,9 +1,10 @@
 """``x2ctclip space OUT --model DIR_OR_REPO``: a deployable Hugging Face Space folder for the Gradio demo.
 
-The folder holds the demo (``app.py``, ``demo_engine.py`` from ``spaces_demo/``), ``space_app.py`` (the Space's
-``app_file``: it names the model through ``X2CTCLIP_DEMO_MODEL`` and starts ``app.main``), ``README.md`` (the Space
-card, with ``models:``), ``requirements.txt`` and the x2ctclip package itself, unpacked from a wheel built from this
-checkout (``pip wheel --no-deps``) into ``x2ctclip/``.
+The folder holds the demo (every ``*.py`` of ``spaces_demo/``, :func:`app_files`: ``app.py``, ``demo_engine.py`` and
+the sibling modules it imports by file name), ``space_app.py`` (the Space's ``app_file``: it names the model through
+``X2CTCLIP_DEMO_MODEL`` and starts ``app.main``), ``README.md`` (the Space card, with ``models:``),
+``requirements.txt`` and the x2ctclip package itself, unpacked from a wheel built from this checkout (``pip wheel
+--no-deps``) into ``x2ctclip/``.
 
 Why the package is unpacked rather than referenced as a wheel path: a Space installs ``requirements.txt`` before it
 copies the repository, so a relative wheel path does not exist at that time; x2ctclip is not on PyPI. ``app.py``'s
@@ -20,15 +21,25 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "build_space", "build_wheel"]
+from x2ctclip.fileio import atomic_dir
+
+__all__ = ["REPO_ROOT", "app_files", "build_space", "build_wheel"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "spaces_demo"
-APP_FILES = ("app.py", "demo_engine.py")
+
+
+def app_files(demo_dir: Path = DEMO_DIR) -> list[Path]:
+    """The demo's Python files copied into a Space: every ``*.py`` of ``spaces_demo/`` (``app.py`` imports
+    ``demo_engine``, which imports its sibling modules by their file names, so each one must travel)."""
+    return sorted(p for p in demo_dir.glob("*.py") if p.is_file())
+
+
+#: The names of :func:`app_files` when this module was imported (kept: the old ``x2ctclip.train.space.APP_FILES``).
+APP_FILES = tuple(p.name for p in app_files())
 
 SPACE_APP = '''"""Space entry point written by `x2ctclip space`: serve the model named below (a folder in this Space
 or a Hub id) on 0.0.0.0:7860 as Spaces expect; X2CTCLIP_DEMO_MODEL, set as a Space variable, takes precedence."""
@@ -149,9 +160,7 @@ def build_space(out_dir: str | os.PathLike, model: str, *, wheel: str | os.PathL
     else:
         raise ValueError(f"{model}: neither a model folder nor a Hub id ('owner/name').")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:  # a temporary sibling, put in place of out_dir when complete
         wheels = tmp / "wheels"
         if wheel is None:
             built = build_wheel(wheels)
@@ -164,8 +173,8 @@ def build_space(out_dir: str | os.PathLike, model: str, *, wheel: str | os.PathL
                 raise ValueError(f"{built}: holds no x2ctclip/ package")
             archive.extractall(tmp, members=members)
         version = built.name.split("-")[1]
-        for name in APP_FILES:
-            shutil.copy2(DEMO_DIR / name, tmp / name)
+        for source in app_files():
+            shutil.copy2(source, tmp / source.name)
         (tmp / "space_app.py").write_text(SPACE_APP.format(model=served))
         requirements = _requires(built) + _demo_requirements()
         seen, lines = set(), []
@@ -182,10 +191,4 @@ def build_space(out_dir: str | os.PathLike, model: str, *, wheel: str | os.PathL
         (tmp / "README.md").write_text(_card(served, models, license, version))
         if model_path.exists():
             shutil.copytree(model_path, tmp / "model", ignore=shutil.ignore_patterns("evaluation", ".*"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
