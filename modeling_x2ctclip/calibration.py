@@ -52,7 +52,11 @@ def check_calibration(calibration: Any, findings: Sequence[str] | None,
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
         ):
-            raise ValueError(f"{what} {key} must be a list of finite numbers.")
+            raise ValueError(f"{what} {key} must hold finite numbers.")
+    if calibration["method"] == "temperature" and (
+        min(calibration["slope"], default=1.0) <= 0 or any(calibration["intercept"])
+    ):
+        raise ValueError(f"{what}: temperature scaling needs positive slopes (1 / T) and zero intercepts.")
     n = len(findings) if findings is not None else len(calibration["slope"])
     for key in ("slope", "intercept", "thresholds", "finding_names"):
         value = calibration.get(key)

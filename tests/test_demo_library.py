@@ -235,3 +235,13 @@ def test_the_space_copies_every_module_the_demo_imports():
                     assert top in copied, (path.name, top)
                 else:
                     assert top in sys.stdlib_module_names or importlib.util.find_spec(top), (path.name, top)
+
+
+def test_a_temperature_calibration_with_intercepts_is_refused_by_the_library_as_by_calibrator():
+    from x2ctclip.calibration import check_calibration
+
+    bad = {"method": "temperature", "slope": [1.0, 0.5], "intercept": [0.0, 0.3], "format_version": 1}
+    with pytest.raises(ValueError, match="positive slopes"):
+        check_calibration(bad, None)
+    with pytest.raises(ValueError, match="positive slopes"):
+        check_calibration({**bad, "slope": [1.0, -2.0], "intercept": [0.0, 0.0]}, None)
