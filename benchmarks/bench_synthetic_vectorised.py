@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -29,14 +29,23 @@ from pathlib import Path
 import numpy as np
 
 from x2ctclip.train.quickstart import PRESETS
-from x2ctclip.train.synthetic import anatomy, findings, geometry, lesions, render, study
+from x2ctclip.train.synthetic import anatomy, findings, geometry, lesions, render, study, writer
+from x2ctclip.train.synthetic.anatomy import Branch
+from x2ctclip.train.synthetic.anatomy import HU_AIR, HU_FLUID, HU_KIDNEY, HU_SPLEEN
+from x2ctclip.train.synthetic.geometry import blend, ellipsoid_fraction, paint_max, rotation_zyx
+from x2ctclip.train.synthetic.render import (RenderedChest, _mediastinum_mask, _render_bones, _render_mediastinum,
+                                             _render_table)
+from x2ctclip.train.synthetic.writer import nifti_bytes
 from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
-_MODULES = (geometry, render, lesions, anatomy, study, findings)
+_MODULES = (geometry, render, lesions, anatomy, study, findings, writer)
 
 
 # ------------------------------------------------------------------ reference: the code before vectorising
-def _reference_box(self, lo, hi) -> tuple[slice, slice, slice] | None:
+# Copied verbatim (only renamed _reference_*); they call the other reference functions through these names.
+capsule_fraction = splat_segments = _render_abdomen = write_atomic = None  # bound below to their _reference_* versions
+# train/synthetic/geometry.py (Grid.box) at the commit before issue 17's changes
+def _reference_Grid_box(self, lo, hi) -> tuple[slice, slice, slice] | None:
     """Index slices covering the body-frame box ``lo..hi`` (each ``(z, y, x)`` mm); None when outside."""
     out = []
     for axis in range(3):
@@ -50,7 +59,8 @@ def _reference_box(self, lo, hi) -> tuple[slice, slice, slice] | None:
     return tuple(out)
 
 
-def _reference_capsule_fraction(grid, a, b, ra: float, rb: float, *, min_radius: float = 0.0):
+# train/synthetic/geometry.py (capsule_fraction) at the commit before issue 17's changes
+def _reference_capsule_fraction(grid: Grid, a, b, ra: float, rb: float, *, min_radius: float = 0.0):
     """Anti-aliased occupancy (0..1) of a tapered capsule from point ``a`` to ``b`` (``(z, y, x)`` mm).
 
     Radii ``ra``/``rb`` are in mm; ``min_radius`` (mm) keeps thin objects (wires) from vanishing between voxel
@@ -75,8 +85,8 @@ def _reference_capsule_fraction(grid, a, b, ra: float, rb: float, *, min_radius:
     return box, frac.astype(np.float32, copy=False)
 
 
-
-def _reference_splat_segments(grid, segments) -> np.ndarray:
+# train/synthetic/geometry.py (splat_segments) at the commit before issue 17's changes
+def _reference_splat_segments(grid: Grid, segments) -> np.ndarray:
     """Volume fraction (0..1) occupied by thin tapered tubes ``[(a, b, (ra, rb)), ...]`` (mm), by trilinear
     splatting of points every half voxel along each segment, each carrying its slab volume ``pi r^2 ds``.
 
@@ -109,15 +119,216 @@ def _reference_splat_segments(grid, segments) -> np.ndarray:
     return np.minimum(out, 1.0).astype(np.float32).reshape(grid.shape)
 
 
+# train/synthetic/render.py (render_chest) at the commit before issue 17's changes
+def _reference_render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hooks=()) -> RenderedChest:
+    """Rasterise ``plan`` on ``grid`` (HU, float32), everything except the bronchovascular trees, which need the
+    lung mask to be planned (:func:`plan_trees`, then :func:`render_trees`). ``lung_hooks`` are callables
+    ``hook(chest)`` run right after the lung parenchyma is painted (emphysema, mosaic attenuation, ground glass)."""
+    d, h, w = grid.shape
+    z, y, x = grid.z, grid.y, grid.x
+    hu = np.full(grid.shape, HU_AIR, dtype=np.float32)
+    P = plan.hu
 
-REFERENCE = {"capsule_fraction": _reference_capsule_fraction, "splat_segments": _reference_splat_segments}
+    # Body outline: a rounded ellipse, flatter at the back. Computed per voxel by broadcasting (z-dependent axes).
+    a_z, b_ant_z, b_post_z = plan.body_half_axes(z)
+    yy = np.where(y < 0, y / b_ant_z, y / b_post_z)  # (D, H, 1)
+    xx = x / a_z  # (D, 1, W)
+    r_body = xx * xx + yy * yy - 0.35 * (xx * xx) * (yy * yy)
+    body = r_body <= 1.0
+    for center, axes in plan.breasts:
+        placed = ellipsoid_fraction(grid, center, axes)
+        if placed is not None:
+            box, frac = placed
+            body[box] |= frac > 0.5
+            blend(hu, placed, P["fat"] + 30.0)
+    hu[body & (hu < P["fat"])] = P["fat"]
+    # Skin (a thin rim) then the muscle layer inside the subcutaneous fat.
+    inner = (xx * a_z / np.maximum(a_z - 2.5, 1)) ** 2 + (yy * np.where(y < 0, b_ant_z / (b_ant_z - 2.5),
+                                                                       b_post_z / (b_post_z - 2.5))) ** 2
+    hu[body & (inner > 1.0)] = 25.0
+    fa, fat = plan.fat, plan.fat
+    xm = x / (a_z - fa)
+    ym = np.where(y < 0, y / (b_ant_z - fat), y / (b_post_z - fat * 0.8))
+    muscle = (xm * xm + ym * ym - 0.35 * xm * xm * ym * ym) <= 1.0
+    hu[muscle] = P["muscle"]
+    del inner, xm, ym
+
+    # Thoracic cavity (inside ribs and intercostal muscles), minus the spine and paraspinal muscles.
+    cav_a, yc, cav_b = plan.cavity(z)
+    r_cav = (x / cav_a) ** 2 + ((y - yc) / cav_b) ** 2
+    spine_excl = ((x / (plan.vertebra_r + 10.0)) ** 2 + ((y - plan.spine_y - 18.0) / 36.0) ** 2) <= 1.0
+    cavity = (r_cav <= 1.0) & ~spine_excl & (z < plan.z_apex + 25.0)
+    hu[cavity] = P["fat"] + 10.0  # mediastinal / extrapleural fat, overwritten by lungs and organs
+
+    # Lungs: cavity above the diaphragm domes, below the apical caps, outside the mediastinum.
+    yy2 = y[0, :, :]
+    xx2 = x[0, :, :]
+    lung = np.zeros(grid.shape, dtype=np.int8)
+    abdomen = np.zeros(grid.shape, dtype=bool)
+    for label, side, sel in ((1, "right", x < 0), (2, "left", x >= 0)):
+        dome = plan.dome(side, xx2, yy2)[None]  # (1, H, W)
+        apex = plan.apex(side, xx2, yy2)[None]
+        lung[cavity & sel & (z > dome) & (z < apex)] = label
+        abdomen |= (r_cav <= 1.0) & sel & (z <= dome)
+    mediastinum = _mediastinum_mask(plan, grid)
+    lung[mediastinum] = 0
+    hu[abdomen] = 25.0
+    chest = RenderedChest(grid=grid, plan=plan, hu=hu, body=body, lung=lung, cavity=cavity,
+                          heart=np.zeros(grid.shape, dtype=bool),
+                          airway_lumen=np.zeros(grid.shape, dtype=np.float32))
+    _render_abdomen(chest, rng, abdomen)
+    del abdomen
+
+    # Lung parenchyma: denser posteriorly (gravity-dependent perfusion in a supine patient).
+    in_lung = lung > 0
+    gradient = (45.0 * (y - plan.cav_y_ant) / (plan.cav_y_post - plan.cav_y_ant)).astype(np.float32)
+    hu[in_lung] = (P["lung"] + np.broadcast_to(gradient, grid.shape))[in_lung]
+    for hook in lung_hooks:
+        hook(chest)
+
+    _render_mediastinum(chest, rng)
+    _render_bones(chest, rng)
+    _render_table(chest, rng)
+    del r_cav, r_body
+    return chest
+
+
+# train/synthetic/render.py (_render_abdomen) at the commit before issue 17's changes
+def _reference__render_abdomen(chest: RenderedChest, rng: np.random.Generator, abdomen: np.ndarray) -> None:
+    """Upper abdomen under the domes: liver (right), stomach with a fundal air bubble and spleen (left)."""
+    plan, grid, hu = chest.plan, chest.grid, chest.hu
+    P = plan.hu
+    z, y, x = grid.z, grid.y, grid.x
+    hu[abdomen] = P["fat"] + 30.0  # mixed fat and bowel
+    dome_r = plan.dome("right", x[0], y[0])[None]
+    liver = abdomen & (x < 35.0 - 0.6 * (y - plan.cav_y_ant)) & (z < dome_r - 4.0) & (
+        z > plan.z_recess - 60.0 - 0.3 * (x + plan.cav_a))
+    hu[liver] = P["liver"]
+    dome_l = plan.dome("left", x[0], y[0])[None]
+    # Stomach: anterior under the left dome; supine, so its air collects anteriorly (non-dependent).
+    sc = np.array([plan.z_dome_left - 45.0, plan.cav_y_ant + 55.0, 0.45 * plan.cav_a])
+    st = ellipsoid_fraction(grid, sc, (40.0, 38.0, 42.0))
+    if st is not None:
+        box, frac = st
+        zz, yy, _ = grid.coords(box)
+        under = (zz < dome_l[:, box[1], box[2]] - 4.0)
+        content = np.where(yy < sc[1] - 12.0 - 10.0 * rng.random(), HU_AIR, HU_FLUID + 15.0)
+        blend(hu, (box, frac * under), content.astype(np.float32))
+    spleen = ellipsoid_fraction(grid, [plan.z_dome_left - 40.0, plan.spine_y - 5.0, 0.72 * plan.cav_a],
+                                (45.0, 28.0, 22.0), rotation_zyx(axial_deg=-35.0))
+    if spleen is not None:
+        box, frac = spleen
+        blend(hu, (box, frac * (grid.z[box[0]] < dome_l[:, box[1], box[2]] - 4.0)), HU_SPLEEN)
+    for side in (-1, 1):  # upper poles of the kidneys in the lowest slices
+        kc = [plan.z_recess - 30.0 + (10.0 if side > 0 else 0.0), plan.spine_y + 5.0, side * 52.0]
+        blend(hu, ellipsoid_fraction(grid, kc, (45.0, 28.0, 22.0), rotation_zyx(axial_deg=side * 25.0)), HU_KIDNEY)
+
+
+# train/synthetic/render.py (render_trees) at the commit before issue 17's changes
+def _reference_render_trees(chest: RenderedChest) -> None:
+    """Draw the bronchovascular trees of ``chest.plan.branches`` (see :func:`plan_trees`): pulmonary vessels (soft
+    tissue, thinned by ``extras['vessel_weight']``) and intrapulmonary airways (air lumen, soft-tissue wall)."""
+    plan, grid, hu = chest.plan, chest.grid, chest.hu
+    lung = chest.lung > 0
+    vessel = np.zeros(grid.shape, dtype=np.float32)
+    wall = np.zeros(grid.shape, dtype=np.float32)
+    lumen = np.zeros(grid.shape, dtype=np.float32)
+    min_r = 0.3 * grid.voxel
+    thin = []
+    for br in plan.branches:
+        a, b = br.a + br.vessel_offset_a, br.b + br.vessel_offset_b
+        if max(br.vessel_r) < grid.voxel:
+            thin.append((a, b, br.vessel_r))  # sub-voxel vessels: splatted below, much cheaper than capsules
+        else:
+            paint_max(vessel, capsule_fraction(grid, a, b, *br.vessel_r))
+        scale = plan.airway_lumen_scale.get(br.lobe, 1.0) if br.generation >= 2 else 1.0
+        if br.generation > plan.airway_max_generation and scale == 1.0:
+            continue
+        if br.generation > max(plan.airway_max_generation, 4):
+            continue
+        ra, rb = br.airway_r[0] * scale, br.airway_r[1] * scale
+        if max(ra, rb) < min_r:
+            continue
+        wt = (0.45 * ra + 0.4) * plan.airway_wall_scale
+        paint_max(wall, capsule_fraction(grid, br.a, br.b, ra + wt, rb + wt))
+        paint_max(lumen, capsule_fraction(grid, br.a, br.b, ra, rb))
+    if thin:
+        np.maximum(vessel, splat_segments(grid, thin), out=vessel)
+    # Emphysema and mosaic-attenuation hooks may have stored a vessel weight field (fewer, thinner vessels).
+    weight = chest.extras.get("vessel_weight")
+    if weight is not None:
+        vessel *= weight
+    vessel *= lung
+    wall *= lung
+    lumen *= lung
+    hu += vessel * (plan.hu["blood"] - hu)
+    hu += wall * (10.0 - hu)
+    hu += lumen * (HU_AIR + 30.0 - hu)
+    np.maximum(chest.airway_lumen, lumen, out=chest.airway_lumen)
+
+
+# train/synthetic/anatomy.py (_add_branch) at the commit before issue 17's changes
+def _reference__add_branch(rng, plan, a, b, offset_a, generation, lobe, vessel_r, airway_r) -> np.ndarray:
+    """Append a branch; its artery runs alongside the airway, shifted by a perpendicular offset that is
+    continuous from the parent's end (``offset_a``) to this branch's end (returned)."""
+    d = (b - a) / (np.linalg.norm(b - a) or 1.0)
+    r = rng.normal(0, 1, 3)
+    perp = r - d * float(d @ r)  # a random direction perpendicular to the branch
+    perp /= np.linalg.norm(perp) or 1.0
+    offset_b = perp * (vessel_r[1] + airway_r[1] + 0.5)
+    plan.branches.append(Branch(np.asarray(a, float), np.asarray(b, float), generation, lobe, vessel_r, airway_r,
+                                np.asarray(offset_a, float), offset_b))
+    return offset_b
+
+
+# train/synthetic/writer.py (write_atomic) at the commit before issue 17's changes
+def _reference_write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary sibling and rename it over ``path`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# train/synthetic/writer.py (write_volume) at the commit before issue 17's changes
+def _reference_write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, intercept: float, slope: float = 1.0,
+                 compresslevel: int = 1, release: str = "fixed") -> None:
+    """Write an int16 HU volume ``(D, H, W)`` as ``.nii.gz``, atomically; deterministic bytes (gzip header without
+    time stamp or name). ``release="fixed"`` (CT-RATE's corrected release): the values are HU (slope 1, intercept
+    0) with a full header; ``"original"`` (first release): stored values ``(HU - intercept) / slope`` under a blank
+    header, the rescale only in the metadata."""
+    from isal import igzip
+
+    if release == "fixed":
+        slope, intercept = 1.0, 0.0
+    elif release != "original":
+        raise ValueError(f"release must be 'fixed' or 'original', got {release!r}")
+    stored = np.rint((hu.astype(np.float32) - intercept) / slope).astype(np.int16)
+    raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept, blank_header=release == "original")
+    write_atomic(path, igzip.compress(raw, compresslevel, mtime=0))
+
+
+capsule_fraction = _reference_capsule_fraction
+splat_segments = _reference_splat_segments
+_render_abdomen = _reference__render_abdomen
+write_atomic = _reference_write_atomic
+REFERENCE = {"capsule_fraction": _reference_capsule_fraction, "splat_segments": _reference_splat_segments,
+             "render_chest": _reference_render_chest, "_render_abdomen": _reference__render_abdomen,
+             "render_trees": _reference_render_trees, "_add_branch": _reference__add_branch,
+             "write_atomic": _reference_write_atomic, "write_volume": _reference_write_volume}
 
 
 @contextlib.contextmanager
 def reference_generator():
     """Swap the reference functions into every generator module that holds the new ones (and ``Grid.box``)."""
     saved = [(geometry.Grid, "box", geometry.Grid.box)]
-    geometry.Grid.box = _reference_box
+    geometry.Grid.box = _reference_Grid_box
     for mod in _MODULES:
         for name, ref in REFERENCE.items():
             if hasattr(mod, name):
