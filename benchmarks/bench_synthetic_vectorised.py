@@ -36,14 +36,18 @@ from x2ctclip.train.synthetic.geometry import blend, ellipsoid_fraction, paint_m
 from x2ctclip.train.synthetic.render import (RenderedChest, _mediastinum_mask, _render_bones, _render_mediastinum,
                                              _render_table)
 from x2ctclip.train.synthetic.writer import nifti_bytes
+from x2ctclip.train.synthetic.anatomy import plan_trees
+from x2ctclip.train.synthetic.lesions import dense_layers, lung_hooks, render_findings
+from x2ctclip.train.synthetic.study import (DEFAULT_SHAPE, RECON_KINDS, TABLE_Z, SyntheticStudy, _pad_outside_fov,
+                                            _reconstruct, metadata_row, plan_study)
 from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
 _MODULES = (geometry, render, lesions, anatomy, study, findings, writer)
 
 
 # ------------------------------------------------------------------ reference: the code before vectorising
-# Copied verbatim (only renamed _reference_*); they call the other reference functions through these names.
-capsule_fraction = splat_segments = _render_abdomen = write_atomic = None  # bound below to their _reference_* versions
+# Copied verbatim (only renamed _reference_*); they call one another through the plain names bound after them.
+capsule_fraction = splat_segments = _render_abdomen = write_atomic = render_chest = render_trees = None
 # train/synthetic/geometry.py (Grid.box) at the commit before issue 17's changes
 def _reference_Grid_box(self, lo, hi) -> tuple[slice, slice, slice] | None:
     """Index slices covering the body-frame box ``lo..hi`` (each ``(z, y, x)`` mm); None when outside."""
@@ -281,6 +285,53 @@ def _reference__add_branch(rng, plan, a, b, offset_a, generation, lobe, vessel_r
     return offset_b
 
 
+# train/synthetic/study.py (make_study) at the commit before issue 17's changes
+def _reference_make_study(seed: int = 0, shape=DEFAULT_SHAPE, *, spacing=None, labels=None, n_recons: int = 1,
+               split: str = "train", patient: int = 1, scan: int = 0, planned: dict | None = None) -> SyntheticStudy:
+    """Render one study (all ``n_recons`` reconstructions) deterministically from ``(seed, split, patient, scan)``.
+
+    Args:
+        shape: ``(D, H, W)`` of the first reconstruction (slices, rows, columns).
+        spacing: ``(sz, sy, sx)`` mm; default: chosen so the chest fills the field of view like a clinical scan.
+        labels: force the findings (18-vector, dict or list of names); default: drawn like CT-RATE.
+        n_recons: reconstructions to produce (1: soft kernel; 2: + sharp kernel; 3: + 5 mm thick slices; cycles).
+    """
+    if n_recons < 1:
+        raise ValueError(f"n_recons must be >= 1, got {n_recons}")
+    p = planned or plan_study(seed, split, patient, scan, shape, spacing=spacing, labels=labels)
+    plan, grid, rngs, details = p["plan"], p["grid"], p["render_rng"], p["details"]
+    chest = render_chest(plan, grid, rngs["anatomy"], lung_hooks=lung_hooks(details, rngs["findings"]))
+    plan_trees(rngs["anatomy"], plan, grid, chest.lung, n_leaves=150)
+    render_trees(chest)
+    render_findings(chest, details, rngs["findings"])
+    dense = dense_layers(chest, details, rngs["findings"])
+    rng = rngs["noise"]
+    base = chest.hu
+    del chest
+
+    manufacturer, model, intercept, _ = p["scanner"]
+    noise_sd = 55.0 * (1.0 + 0.35 * max(p["patient"].habitus, 0.0))  # before the blur; ~15-20 HU after it
+    padding = -2048.0 if manufacturer == "SIEMENS" else (-3024.0 if manufacturer == "TOSHIBA" else None)
+    volumes, spacings, meta = [], [], []
+    for r in range(n_recons):
+        spec = RECON_KINDS[r % len(RECON_KINDS)]
+        vol = _reconstruct(base, rng, spec, noise_sd, dense)
+        sp = grid.spacing
+        if spec["kind"] == "thick":
+            d2 = vol.shape[0] // 2
+            vol = 0.5 * (vol[0:2 * d2:2] + vol[1:2 * d2:2])
+            sp = (sp[0] * 2, sp[1], sp[2])
+        if padding is not None:
+            _pad_outside_fov(vol, padding)
+        hu16 = np.clip(np.rint(vol), -3024, 3071).astype(np.int16)
+        volumes.append(hu16)
+        spacings.append(sp)
+        meta.append(metadata_row(p, spec, hu16.shape, sp, intercept, padding))
+    origin = (grid.origin[2], grid.origin[1], grid.origin[0] + TABLE_Z)
+    return SyntheticStudy(volumes=volumes, spacings=spacings, labels=p["labels"], report=p["report"],
+                          details=details, patient=p["patient"], metadata=meta, origin_lps=origin)
+
+
 # train/synthetic/writer.py (write_atomic) at the commit before issue 17's changes
 def _reference_write_atomic(path: Path, payload: bytes) -> None:
     """Write ``payload`` to a temporary sibling and rename it over ``path`` (never a half-written file)."""
@@ -313,15 +364,19 @@ def _reference_write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, int
     raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept, blank_header=release == "original")
     write_atomic(path, igzip.compress(raw, compresslevel, mtime=0))
 
-
 capsule_fraction = _reference_capsule_fraction
 splat_segments = _reference_splat_segments
 _render_abdomen = _reference__render_abdomen
 write_atomic = _reference_write_atomic
+render_chest = _reference_render_chest
+render_trees = _reference_render_trees
+
+
 REFERENCE = {"capsule_fraction": _reference_capsule_fraction, "splat_segments": _reference_splat_segments,
              "render_chest": _reference_render_chest, "_render_abdomen": _reference__render_abdomen,
              "render_trees": _reference_render_trees, "_add_branch": _reference__add_branch,
-             "write_atomic": _reference_write_atomic, "write_volume": _reference_write_volume}
+             "write_atomic": _reference_write_atomic, "write_volume": _reference_write_volume,
+             "make_study": _reference_make_study}
 
 
 @contextlib.contextmanager

@@ -78,13 +78,41 @@ def capsule_fraction(grid: Grid, a, b, ra: float, rb: float, *, min_radius: floa
     centres. Returns ``(box, fraction)`` or ``None`` when the capsule misses the grid. The fraction ramps linearly
     over one voxel across the surface, a cheap stand-in for the partial-volume effect.
     """
+    return capsule_fractions(grid, a, b, [(ra, rb)], min_radius=min_radius)[0]
+
+
+def capsule_fractions(grid: Grid, a, b, radii, *, min_radius: float = 0.0) -> list:
+    """:func:`capsule_fraction` of several capsules on the same axis ``a`` -> ``b``, ``radii`` ``[(ra, rb), ...]``
+    with the largest first (an airway wall and its lumen): the projection ``t`` and the distance to the axis are
+    computed once, on the largest box, and each capsule's ramp on its own (contained) box. Each voxel's value is
+    the same float32 computation as for a single capsule, so the results are identical."""
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
-    ra, rb = max(ra, min_radius), max(rb, min_radius)
-    r = max(ra, rb) + grid.voxel
-    box = grid.box(np.minimum(a, b) - r, np.maximum(a, b) + r)
-    if box is None:
-        return None
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    out, t, dist, outer = [], None, None, None
+    for ra, rb in radii:
+        ra, rb = max(ra, min_radius), max(rb, min_radius)
+        r = max(ra, rb) + grid.voxel
+        box = grid.box(lo - r, hi + r)
+        if box is None:
+            out.append(None)
+            continue
+        if outer is None:
+            outer = box
+            t, dist = _axis_distance(grid, box, a, b)
+        elif any(s.start < o.start or s.stop > o.stop for s, o in zip(box, outer)):
+            raise ValueError("capsule_fractions: radii must come largest first")
+        sub = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
+        ts, ds = t[sub], dist[sub]
+        sd = ds - (ra + ts * (rb - ra))  # float64 when the radii are NumPy float64 scalars, as before
+        frac = np.minimum(np.maximum(0.5 - sd / grid.voxel, 0.0), 1.0)
+        out.append((box, frac.astype(np.float32, copy=False)))
+    return out
+
+
+def _axis_distance(grid: Grid, box, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over ``box``: ``t``, the clipped projection (0..1) of each voxel centre on the segment ``a`` -> ``b``
+    (float32 mm), and the distance (mm) from the voxel centre to the point ``a + t (b - a)``."""
     z, y, x = grid.coords(box)
     d = b - a
     dd = float(d @ d) or 1e-6
@@ -106,9 +134,7 @@ def capsule_fraction(grid: Grid, a, b, ra: float, rb: float, *, min_radius: floa
     np.subtract(xr, tmp, out=tmp)
     dist += np.square(tmp, out=tmp)
     np.sqrt(dist, out=dist)
-    sd = dist - (ra + t * (rb - ra))  # float64 when the radii are NumPy float64 scalars, as before
-    frac = np.minimum(np.maximum(0.5 - sd / grid.voxel, 0.0), 1.0)
-    return box, frac.astype(np.float32, copy=False)
+    return t, dist
 
 
 def ellipsoid_fraction(grid: Grid, center, axes, rotation: np.ndarray | None = None, *, grow: float = 0.0):

@@ -14,6 +14,7 @@ from x2ctclip.train.synthetic.anatomy import HU_MUSCLE
 from x2ctclip.train.synthetic.anatomy import HU_SPLEEN
 from x2ctclip.train.synthetic.geometry import blend
 from x2ctclip.train.synthetic.geometry import capsule_fraction
+from x2ctclip.train.synthetic.geometry import capsule_fractions
 from x2ctclip.train.synthetic.geometry import chain_fraction
 from x2ctclip.train.synthetic.geometry import chain_placed
 from x2ctclip.train.synthetic.geometry import ellipsoid_fraction
@@ -388,8 +389,9 @@ def render_trees(chest: RenderedChest) -> None:
         if max(ra, rb) < min_r:
             continue
         wt = (0.45 * ra + 0.4) * plan.airway_wall_scale
-        paint_max(wall, capsule_fraction(grid, br.a, br.b, ra + wt, rb + wt))
-        paint_max(lumen, capsule_fraction(grid, br.a, br.b, ra, rb))
+        placed_wall, placed_lumen = capsule_fractions(grid, br.a, br.b, [(ra + wt, rb + wt), (ra, rb)])
+        paint_max(wall, placed_wall)
+        paint_max(lumen, placed_lumen)
     if thin:
         np.maximum(vessel, splat_segments(grid, thin), out=vessel)
     # Everything below is multiplied by the lung mask, so outside the lungs' bounding box it adds exactly 0 to hu:
