@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from x2ctclip import CT_RATE_FINDINGS
+from x2ctclip.train.synthetic.geometry import Grid, capsule_fraction, capsule_fractions
 from x2ctclip.train.synthetic.study import make_study
 from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
 
@@ -101,6 +102,31 @@ def test_written_folder_matches_golden_checksum(tmp_path, release):
     generate_synthetic_ct_rate(tmp_path, n_train=4, n_valid=2, n_test=1, shape=SMALL, seed=2, recons=2,
                                progress=False, release=release)
     assert dataset_digest(tmp_path) == WRITER_GOLDEN[release]
+
+
+def test_capsule_fractions_equal_single_capsules_and_check_their_order():
+    grid = Grid((24, 40, 40), (2.5, 2.0, 2.0), (-30.0, -40.0, -40.0))
+    a, b = np.array([-10.0, -5.0, 3.0]), np.array([12.0, 9.0, -14.0])
+    radii = [(4.5, 3.0), (2.0, 1.2), (0.4, 0.3)]
+    shared = capsule_fractions(grid, a, b, radii)
+    for (ra, rb), placed in zip(radii, shared):
+        box, frac = capsule_fraction(grid, a, b, ra, rb)
+        assert placed[0] == box and placed[1].dtype == np.float32 and np.array_equal(placed[1], frac)
+    assert shared[0][1].max() == 1.0 and 0 < shared[2][1].sum() < shared[1][1].sum() < shared[0][1].sum()
+    with pytest.raises(ValueError, match="largest first"):
+        capsule_fractions(grid, a, b, [(1.0, 1.0), (5.0, 5.0)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grid_box_array_path_equals_the_per_axis_path(dtype):
+    grid = Grid((30, 50, 45), (2.7, 1.9, 1.9), (-81.3, -47.1, -42.2))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        lo = rng.uniform(-120, 60, 3).astype(dtype)
+        hi = (lo + rng.uniform(0, 40, 3)).astype(dtype)
+        # a tuple of NumPy scalars takes the per-axis path, the same corners as an array the vectorised one
+        assert grid.box(lo, hi) == grid.box(tuple(lo), tuple(hi))
+    assert grid.box(np.array([500.0, 0, 0]), np.array([600.0, 1, 1])) is None
 
 
 if __name__ == "__main__":  # print the table to paste into GOLDEN
