@@ -217,21 +217,21 @@ def splat_segments(grid: Grid, segments) -> np.ndarray:
     the bincount sums the same numbers in the same sequence.
     """
     step = 0.5 * grid.voxel
-    a_all, d_all, ts, seg_of, r0, dr, ds = [], [], [], [], [], [], []
-    for k, (a, b, (ra, rb)) in enumerate(segments):
+    a_all, d_all, ts, counts, r0, dr, ds = [], [], [], [], [], [], []
+    for a, b, (ra, rb) in segments:
         a = np.asarray(a)
         d = np.asarray(b) - a
-        length = float(np.linalg.norm(d))
+        length = float(np.sqrt(d.dot(d)))  # what np.linalg.norm computes for a real vector, without its overhead
         n = max(2, int(np.ceil(length / step)) + 1)
         a_all.append(a)
         d_all.append(d)
         ts.append(_unit_steps(n))
-        seg_of.append(np.full(n, k))
+        counts.append(n)
         r0.append(ra)
         dr.append(rb - ra)
         ds.append(length / (n - 1))
     t = np.concatenate(ts)
-    seg = np.concatenate(seg_of)
+    seg = np.repeat(np.arange(len(counts)), counts)
     p = np.asarray(a_all, dtype=np.float64)[seg] + t[:, None] * np.asarray(d_all, dtype=np.float64)[seg]
     r = np.asarray(r0, dtype=np.float64)[seg] + t * np.asarray(dr, dtype=np.float64)[seg]
     w = np.pi * r * r * np.asarray(ds, dtype=np.float64)[seg]
