@@ -5,7 +5,8 @@ projection, :func:`x2ctclip.processors.simulate_cxr`), and for every finding cro
 classifier on both inputs:
 
 * features (one recipe for both, in 2-D or 3-D): the image downsampled by block mean and by block maximum (CXR
-  32 x 32 pixels; CT 16 x 24 x 24 voxels of HU clipped to [-1000, 1000]) reduced by PCA to 40 components; a 48-bin intensity histogram; and
+  32 x 32 pixels; CT 16 x 24 x 24 voxels of HU clipped to [-1000, 1000], 16 x 16 x 16 from the quickstart's
+  32 x 64 x 64 grid) reduced by PCA to 40 components; a 48-bin intensity histogram; and
   location-free statistics over the dark (lung-like), middle and bright parts of the image: intensity percentiles
   and strongest values, patchiness of the smoothed intensity, fine-texture energy and classic Hessian shape detectors at two scales
   (bright blobs, bright plates/lines, dark blobs; see ``_describe``);
