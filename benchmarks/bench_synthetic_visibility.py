@@ -5,11 +5,18 @@ projection, :func:`x2ctclip.processors.simulate_cxr`), and for every finding cro
 classifier on both inputs:
 
 * features (one recipe for both, in 2-D or 3-D): the image downsampled by block mean and by block maximum (CXR
-  32 x 32 pixels; CT 16 x 24 x 24 voxels of HU clipped to [-1000, 1000]) reduced by PCA to 40 components; a 48-bin intensity histogram; and
+  32 x 32 pixels; CT 16 x 24 x 24 voxels of HU clipped to [-1000, 1000], 16 x 16 x 16 from the quickstart's
+  32 x 64 x 64 grid) reduced by PCA to 40 components; a 48-bin intensity histogram; and
   location-free statistics over the dark (lung-like), middle and bright parts of the image: intensity percentiles
   and strongest values, patchiness of the smoothed intensity, fine-texture energy and classic Hessian shape detectors at two scales
   (bright blobs, bright plates/lines, dark blobs; see ``_describe``);
 * standardisation + L2 logistic regression (balanced classes), 5-fold cross-validated AUROC.
+
+``--grid native`` (default) measures on the generated volume itself (``--shape``; 80 x 128 x 128 is about 2.8 mm
+voxels) and the CXR simulated from it at its own size. ``--grid quickstart`` measures what the default quickstart's
+towers actually see: studies generated at the preset's ``synthetic_shape``, written as the release's NIfTI, read
+back and preprocessed exactly as step 2 does (:class:`X2CTCLIPVolumeProcessor` to ``ct_shape`` at ``ct_spacing``,
+HU / 1000 clipped to [-1, 1]; the CXR by :func:`simulate_cxr_uint8` at ``cxr_size``, divided by 255).
 
 By default labels are drawn independently with probability 0.3 each (``--prior independent``), so each finding's
 visibility is measured without riding on correlated findings; ``--prior ct-rate`` uses the CT-RATE label model.
@@ -17,12 +24,16 @@ visibility is measured without riding on correlated findings; ``--prior ct-rate`
 Usage::
 
     python benchmarks/bench_synthetic_visibility.py [--n 300] [--shape 80 128 128] [--workers 2]
+    python benchmarks/bench_synthetic_visibility.py --grid quickstart [--preset default] [--n 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +42,34 @@ SUBTLE = ("Lung nodule", "Interlobular septal thickening", "Mosaic attenuation p
           "Coronary artery wall calcification")
 
 
+def _quickstart_inputs(study, preset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ct, cxr, hu)`` as the quickstart's step 2 makes them: the study written as a corrected-release NIfTI,
+    read back, resampled to the preset's CT grid (values HU / 1000 in [-1, 1], ``ct_shape``) and its CXR simulated
+    at ``cxr_size`` (uint8 / 255); ``hu`` is the CT grid in HU, for the histogram."""
+    import torch
+
+    from x2ctclip.processors import load_ct
+    from x2ctclip.processors.image_processing_volume import X2CTCLIPVolumeProcessor
+    from x2ctclip.train.data.preprocess import simulate_cxr_uint8
+    from x2ctclip.train.quickstart import PRESETS
+    from x2ctclip.train.synthetic.writer import write_volume
+
+    p = PRESETS[preset]
+    with tempfile.TemporaryDirectory(prefix="x2ctclip_vis_") as tmp:
+        path = Path(tmp) / "study.nii.gz"
+        write_volume(path, study.volumes[0], study.spacings[0], study.origin_lps, 0.0)
+        volume = load_ct(os.fspath(path))
+    processor = X2CTCLIPVolumeProcessor(target_shape=p.ct_shape, target_spacing=p.ct_spacing)
+    with torch.inference_mode():
+        values = processor.process_volume(volume)
+    # Stored as int16 HU by step 2 (round(values * 1000)): the same rounding here.
+    hu = torch.round(values * processor.hu_scale).numpy().astype(np.float32)
+    cxr = simulate_cxr_uint8(volume, size=p.cxr_size).astype(np.float32) / 255.0
+    return hu / 1000.0, cxr, hu
+
+
 def _features(args):
-    seed, shape, prior = args
+    seed, shape, prior, grid = args
     from x2ctclip import CT_RATE_FINDINGS
     from x2ctclip.processors import simulate_cxr
     from x2ctclip.train.synthetic.study import make_study
@@ -42,11 +79,16 @@ def _features(args):
         labels = (np.random.default_rng([seed, 77]).random(len(CT_RATE_FINDINGS)) < 0.3).astype(np.int8)
     study = make_study(seed, shape, labels=labels, split="train", patient=1)
     vol = study.volumes[0]
-    cxr = simulate_cxr(vol, spacing=study.spacings[0], pixel_spacing_mm=None)  # [0, 1], (D, W)
-    ct = np.clip(vol.astype(np.float32), -1000, 1000) / 1000.0
+    if grid == "native":
+        cxr = simulate_cxr(vol, spacing=study.spacings[0], pixel_spacing_mm=None)  # [0, 1], (D, W)
+        ct = np.clip(vol.astype(np.float32), -1000, 1000) / 1000.0
+    else:
+        ct, cxr, vol = _quickstart_inputs(study, grid.split(":", 1)[1])
     # Mean- and max-pooled thumbnails: the max keeps small dense things (calcium, nodules) that a mean washes out.
     cxr_small = np.concatenate([_block_resize(cxr, (32, 32)).ravel(), _max_pool(cxr, (32, 32)).ravel()])
-    ct_small = np.concatenate([_block_resize(ct, (16, 24, 24)).ravel(), _max_pool(ct, (16, 24, 24)).ravel()])
+    # 16 x 24 x 24 thumbnails (16 x 16 x 16 from the quickstart's 32 x 64 x 64 grid: whole blocks for the max).
+    thumb = (16, 24, 24) if grid == "native" else tuple(max(1, n // 2) if n <= 32 else n // 4 for n in ct.shape)
+    ct_small = np.concatenate([_block_resize(ct, thumb).ravel(), _max_pool(ct, thumb).ravel()])
     return study.labels, cxr_small, _describe(cxr), ct_small, _describe(ct, full_range=vol)
 
 
@@ -182,32 +224,51 @@ def _auroc(y, score) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
     from x2ctclip import CT_RATE_FINDINGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=300)
-    parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128))
+    parser.add_argument("--shape", type=int, nargs=3, default=None,
+                        help="generated (D, H, W); default 80 128 128, or the preset's synthetic_shape with "
+                             "--grid quickstart")
+    parser.add_argument("--grid", choices=("native", "quickstart"), default="native",
+                        help="measure on the generated volume (native) or on the quickstart's preprocessed CT "
+                             "grid and stored CXR (quickstart)")
+    parser.add_argument("--preset", default="default", help="quickstart preset for --grid quickstart")
     parser.add_argument("--prior", choices=("independent", "ct-rate"), default="independent")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="also save the labels and features to this .npz")
     args = parser.parse_args(argv)
 
+    from x2ctclip.train.quickstart import PRESETS
+
+    if args.preset not in PRESETS:
+        parser.error(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    if args.shape is None:
+        args.shape = PRESETS[args.preset].synthetic_shape if args.grid == "quickstart" else (80, 128, 128)
+    grid = "native" if args.grid == "native" else f"quickstart:{args.preset}"
     t0 = time.perf_counter()
-    jobs = [(args.seed * 100_000 + i, tuple(args.shape), args.prior) for i in range(args.n)]
+    jobs = [(args.seed * 100_000 + i, tuple(args.shape), args.prior, grid) for i in range(args.n)]
     if args.workers > 1:
         import multiprocessing as mp
 
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(args.workers) as pool:
-            rows = pool.map(_features, jobs, chunksize=4)
+            rows = list(tqdm(pool.imap(_features, jobs, chunksize=4), total=len(jobs), desc="studies"))
     else:
-        rows = [_features(j) for j in jobs]
+        rows = [_features(j) for j in tqdm(jobs, desc="studies")]
     y = np.stack([r[0] for r in rows]).astype(int)
     cxr_img, cxr_stats = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
     ct_img, ct_stats = np.stack([r[3] for r in rows]), np.stack([r[4] for r in rows])
     if args.save:
         np.savez_compressed(args.save, y=y, cxr_img=cxr_img, cxr_stats=cxr_stats, ct_img=ct_img, ct_stats=ct_stats)
+    if grid != "native":
+        p = PRESETS[args.preset]
+        print(f"CT grid of the {args.preset!r} quickstart: {p.ct_shape} voxels of {p.ct_spacing} mm; "
+              f"CXR {p.cxr_size} x {p.cxr_size} uint8")
     print(f"{args.n} studies at {tuple(args.shape)} ({args.prior} labels): features in "
           f"{time.perf_counter() - t0:.0f} s")
     s_cxr = _cv_scores(cxr_img, cxr_stats, y, args.seed)

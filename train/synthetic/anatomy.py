@@ -26,6 +26,7 @@ broadcasting, ribs in a thin shell only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -379,14 +380,20 @@ def plan_trees(rng: np.random.Generator, plan: ChestPlan, grid: Grid, lung_label
 def _add_branch(rng, plan, a, b, offset_a, generation, lobe, vessel_r, airway_r) -> np.ndarray:
     """Append a branch; its artery runs alongside the airway, shifted by a perpendicular offset that is
     continuous from the parent's end (``offset_a``) to this branch's end (returned)."""
-    d = (b - a) / (np.linalg.norm(b - a) or 1.0)
+    d = (b - a) / (_norm(b - a) or 1.0)
     r = rng.normal(0, 1, 3)
     perp = r - d * float(d @ r)  # a random direction perpendicular to the branch
-    perp /= np.linalg.norm(perp) or 1.0
+    perp /= _norm(perp) or 1.0
     offset_b = perp * (vessel_r[1] + airway_r[1] + 0.5)
     plan.branches.append(Branch(np.asarray(a, float), np.asarray(b, float), generation, lobe, vessel_r, airway_r,
                                 np.asarray(offset_a, float), offset_b))
     return offset_b
+
+
+def _norm(v: np.ndarray) -> float:
+    """Euclidean norm of a float64 vector: what ``np.linalg.norm`` computes (sqrt of ``v.dot(v)``), without its
+    argument handling (called twice for each of the ~600 branches of a study)."""
+    return math.sqrt(v.dot(v))
 
 
 def _kmeans(rng: np.random.Generator, pts: np.ndarray, k: int, iters: int = 4) -> np.ndarray:

@@ -14,6 +14,7 @@ from x2ctclip.train.synthetic.anatomy import HU_MUSCLE
 from x2ctclip.train.synthetic.anatomy import HU_SPLEEN
 from x2ctclip.train.synthetic.geometry import blend
 from x2ctclip.train.synthetic.geometry import capsule_fraction
+from x2ctclip.train.synthetic.geometry import capsule_fractions
 from x2ctclip.train.synthetic.geometry import chain_fraction
 from x2ctclip.train.synthetic.geometry import chain_placed
 from x2ctclip.train.synthetic.geometry import ellipsoid_fraction
@@ -65,16 +66,17 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
             box, frac = placed
             body[box] |= frac > 0.5
             blend(hu, placed, P["fat"] + 30.0)
-    hu[body & (hu < P["fat"])] = P["fat"]
+    # np.copyto(..., where=mask) writes the same values as hu[mask] = v without building an index list.
+    np.copyto(hu, P["fat"], where=body & (hu < P["fat"]))
     # Skin (a thin rim) then the muscle layer inside the subcutaneous fat.
     inner = (xx * a_z / np.maximum(a_z - 2.5, 1)) ** 2 + (yy * np.where(y < 0, b_ant_z / (b_ant_z - 2.5),
                                                                        b_post_z / (b_post_z - 2.5))) ** 2
-    hu[body & (inner > 1.0)] = 25.0
+    np.copyto(hu, 25.0, where=body & (inner > 1.0))
     fa, fat = plan.fat, plan.fat
     xm = x / (a_z - fa)
     ym = np.where(y < 0, y / (b_ant_z - fat), y / (b_post_z - fat * 0.8))
     muscle = (xm * xm + ym * ym - 0.35 * xm * xm * ym * ym) <= 1.0
-    hu[muscle] = P["muscle"]
+    np.copyto(hu, P["muscle"], where=muscle)
     del inner, xm, ym
 
     # Thoracic cavity (inside ribs and intercostal muscles), minus the spine and paraspinal muscles.
@@ -82,7 +84,7 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
     r_cav = (x / cav_a) ** 2 + ((y - yc) / cav_b) ** 2
     spine_excl = ((x / (plan.vertebra_r + 10.0)) ** 2 + ((y - plan.spine_y - 18.0) / 36.0) ** 2) <= 1.0
     cavity = (r_cav <= 1.0) & ~spine_excl & (z < plan.z_apex + 25.0)
-    hu[cavity] = P["fat"] + 10.0  # mediastinal / extrapleural fat, overwritten by lungs and organs
+    np.copyto(hu, P["fat"] + 10.0, where=cavity)  # mediastinal / extrapleural fat, overwritten by lungs and organs
 
     # Lungs: cavity above the diaphragm domes, below the apical caps, outside the mediastinum.
     yy2 = y[0, :, :]
@@ -92,11 +94,11 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
     for label, side, sel in ((1, "right", x < 0), (2, "left", x >= 0)):
         dome = plan.dome(side, xx2, yy2)[None]  # (1, H, W)
         apex = plan.apex(side, xx2, yy2)[None]
-        lung[cavity & sel & (z > dome) & (z < apex)] = label
+        np.copyto(lung, label, where=cavity & sel & (z > dome) & (z < apex))
         abdomen |= (r_cav <= 1.0) & sel & (z <= dome)
     mediastinum = _mediastinum_mask(plan, grid)
-    lung[mediastinum] = 0
-    hu[abdomen] = 25.0
+    np.copyto(lung, 0, where=mediastinum)
+    np.copyto(hu, 25.0, where=abdomen)
     chest = RenderedChest(grid=grid, plan=plan, hu=hu, body=body, lung=lung, cavity=cavity,
                           heart=np.zeros(grid.shape, dtype=bool),
                           airway_lumen=np.zeros(grid.shape, dtype=np.float32))
@@ -106,7 +108,7 @@ def render_chest(plan: ChestPlan, grid: Grid, rng: np.random.Generator, lung_hoo
     # Lung parenchyma: denser posteriorly (gravity-dependent perfusion in a supine patient).
     in_lung = lung > 0
     gradient = (45.0 * (y - plan.cav_y_ant) / (plan.cav_y_post - plan.cav_y_ant)).astype(np.float32)
-    hu[in_lung] = (P["lung"] + np.broadcast_to(gradient, grid.shape))[in_lung]
+    np.copyto(hu, P["lung"] + gradient, where=in_lung)  # (1, H, 1) broadcast over the volume
     for hook in lung_hooks:
         hook(chest)
 
@@ -149,11 +151,11 @@ def _render_abdomen(chest: RenderedChest, rng: np.random.Generator, abdomen: np.
     plan, grid, hu = chest.plan, chest.grid, chest.hu
     P = plan.hu
     z, y, x = grid.z, grid.y, grid.x
-    hu[abdomen] = P["fat"] + 30.0  # mixed fat and bowel
+    np.copyto(hu, P["fat"] + 30.0, where=abdomen)  # mixed fat and bowel
     dome_r = plan.dome("right", x[0], y[0])[None]
     liver = abdomen & (x < 35.0 - 0.6 * (y - plan.cav_y_ant)) & (z < dome_r - 4.0) & (
         z > plan.z_recess - 60.0 - 0.3 * (x + plan.cav_a))
-    hu[liver] = P["liver"]
+    np.copyto(hu, P["liver"], where=liver)
     dome_l = plan.dome("left", x[0], y[0])[None]
     # Stomach: anterior under the left dome; supine, so its air collects anteriorly (non-dependent).
     sc = np.array([plan.z_dome_left - 45.0, plan.cav_y_ant + 55.0, 0.45 * plan.cav_a])
@@ -387,21 +389,40 @@ def render_trees(chest: RenderedChest) -> None:
         if max(ra, rb) < min_r:
             continue
         wt = (0.45 * ra + 0.4) * plan.airway_wall_scale
-        paint_max(wall, capsule_fraction(grid, br.a, br.b, ra + wt, rb + wt))
-        paint_max(lumen, capsule_fraction(grid, br.a, br.b, ra, rb))
+        placed_wall, placed_lumen = capsule_fractions(grid, br.a, br.b, [(ra + wt, rb + wt), (ra, rb)])
+        paint_max(wall, placed_wall)
+        paint_max(lumen, placed_lumen)
     if thin:
         np.maximum(vessel, splat_segments(grid, thin), out=vessel)
+    # Everything below is multiplied by the lung mask, so outside the lungs' bounding box it adds exactly 0 to hu:
+    # composite inside that box only (the same values, a fraction of the full-volume passes).
+    box = _mask_box(lung)
+    if box is None:
+        return
+    vessel, wall, lumen, lung, hu = vessel[box], wall[box], lumen[box], lung[box], hu[box]
     # Emphysema and mosaic-attenuation hooks may have stored a vessel weight field (fewer, thinner vessels).
     weight = chest.extras.get("vessel_weight")
     if weight is not None:
-        vessel *= weight
+        vessel *= weight[box]
     vessel *= lung
     wall *= lung
     lumen *= lung
     hu += vessel * (plan.hu["blood"] - hu)
     hu += wall * (10.0 - hu)
     hu += lumen * (HU_AIR + 30.0 - hu)
-    np.maximum(chest.airway_lumen, lumen, out=chest.airway_lumen)
+    airway = chest.airway_lumen[box]
+    np.maximum(airway, lumen, out=airway)
+
+
+def _mask_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box (index slices) of the True voxels of a 3-D mask; None when it is empty."""
+    out = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hit):
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)
 
 
 def _render_table(chest: RenderedChest, rng: np.random.Generator) -> None:

@@ -177,7 +177,8 @@ def make_study(seed: int = 0, shape=DEFAULT_SHAPE, *, spacing=None, labels=None,
             sp = (sp[0] * 2, sp[1], sp[2])
         if padding is not None:
             _pad_outside_fov(vol, padding)
-        hu16 = np.clip(np.rint(vol), -3024, 3071).astype(np.int16)
+        # In place (vol is this reconstruction's own array): the same values as np.clip(np.rint(vol), ...).
+        hu16 = np.clip(np.rint(vol, out=vol), -3024, 3071, out=vol).astype(np.int16)
         volumes.append(hu16)
         spacings.append(sp)
         meta.append(metadata_row(p, spec, hu16.shape, sp, intercept, padding))

@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
-from x2ctclip import CT_RATE_FINDINGS
+from x2ctclip import CT_RATE_FINDINGS, fileio
 
 from x2ctclip.train.data.release import table_path
 from x2ctclip.train.synthetic.study import DEFAULT_SHAPE
@@ -105,17 +104,11 @@ def nifti_bytes(stored: np.ndarray, spacing, origin_lps, slope: float, intercept
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary sibling and rename it over ``path`` (never a half-written file)."""
+    """Write ``payload`` to ``path`` through :func:`x2ctclip.fileio.write_atomic` (fsynced temporary sibling,
+    renamed: never a half-written file); creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    fileio.write_atomic(path, payload)
 
 
 def write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, intercept: float, slope: float = 1.0,
@@ -130,7 +123,10 @@ def write_volume(path: Path, hu: np.ndarray, spacing, origin_lps, intercept: flo
         slope, intercept = 1.0, 0.0
     elif release != "original":
         raise ValueError(f"release must be 'fixed' or 'original', got {release!r}")
-    stored = np.rint((hu.astype(np.float32) - intercept) / slope).astype(np.int16)
+    if hu.dtype == np.int16 and slope == 1.0 and intercept == 0.0:
+        stored = hu  # rint((hu - 0) / 1) of int16 values is the values themselves: skip four full-volume passes
+    else:
+        stored = np.rint((hu.astype(np.float32) - intercept) / slope).astype(np.int16)
     raw = nifti_bytes(stored, spacing, origin_lps, slope, intercept, blank_header=release == "original")
     write_atomic(path, igzip.compress(raw, compresslevel, mtime=0))
 
