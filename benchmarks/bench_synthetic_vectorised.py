@@ -36,6 +36,8 @@ from x2ctclip.train.synthetic.geometry import blend, ellipsoid_fraction, paint_m
 from x2ctclip.train.synthetic.render import (RenderedChest, _mediastinum_mask, _render_bones, _render_mediastinum,
                                              _render_table)
 from x2ctclip.train.synthetic.writer import nifti_bytes
+from x2ctclip.train.synthetic.geometry import Grid
+from x2ctclip.train.synthetic.anatomy import ChestPlan
 from x2ctclip.train.synthetic.anatomy import plan_trees
 from x2ctclip.train.synthetic.lesions import dense_layers, lung_hooks, render_findings
 from x2ctclip.train.synthetic.study import (DEFAULT_SHAPE, RECON_KINDS, TABLE_Z, SyntheticStudy, _pad_outside_fov,
