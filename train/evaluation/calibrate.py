@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,15 @@ from x2ctclip.train.evaluation.provenance import provenance_record, write_json
 
 
 # ---------------------------------------------------------------------------------------------------------- calibration
-def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] | None, demo_file: bool = True) -> Path:
+def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] | None, demo_file: bool = True,
+                     on_saved: Callable[[Path], Any] | None = None) -> Path:
     """Store a calibration dict (``Calibrator.to_dict()``) as ``calibration`` in ``model_dir/config.json``, atomically
     (the other config entries are kept as they are); None removes it. For zero-shot models (no classifier head) also
-    write ``calibration.json``, the file the Space demo reads."""
+    write ``calibration.json``, the file the Space demo reads.
+
+    ``on_saved(model_dir)`` runs once both are written: the commands pass the Hub room's
+    ``refresh_model_folder``, so the model card's file table lists ``calibration.json`` (this room does not import
+    the Hub room, which imports it)."""
     model_dir = Path(model_dir)
     path = model_dir / "config.json"
     if not path.is_file():
@@ -43,10 +49,8 @@ def save_calibration(model_dir: str | os.PathLike, calibration: dict[str, Any] |
             demo.unlink(missing_ok=True)
         else:
             write_atomic(demo, json.dumps({"cxr": jsonable(calibration)}, indent=2) + "\n")
-    # Imported here: the Hub room imports this module (demo assets), so a top-level import would be a cycle.
-    from x2ctclip.train.hub.folders import refresh_model_folder
-
-    refresh_model_folder(model_dir)  # the card's file table lists calibration.json; configs stay portable
+    if on_saved is not None:
+        on_saved(model_dir)
     return path
 
 
@@ -63,6 +67,7 @@ def calibrate(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool | None = None,
+    on_saved: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Fit per-finding calibration and operating points on validation cases (``x2ctclip evaluate calibrate``).
 
@@ -70,7 +75,7 @@ def calibrate(
     :class:`~x2ctclip.train.evaluation.calibration.Calibrator` (``method`` ``"temperature"`` or ``"platt"``; ``thresholds``
     ``"youden"`` or a target sensitivity such as 0.9). Writes ``calibration_<tag>.json`` / ``.md`` with the ECE per
     finding before and after, a reliability diagram ``reliability_<tag>.png``, and (``save``) stores the calibration
-    in the model folder's ``config.json`` (:func:`save_calibration`).
+    in the model folder's ``config.json`` (:func:`save_calibration`, which then calls ``on_saved``).
     """
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, device, ensemble, calibrated=False)
@@ -119,7 +124,7 @@ def calibrate(
         "files": {"json": f"calibration_{stem}.json", "markdown": f"calibration_{stem}.md", "diagram": diagram.name},
     }
     if save:
-        save_calibration(model_dir, calibrator.to_dict())
+        save_calibration(model_dir, calibrator.to_dict(), on_saved=on_saved)
     write_json(out / f"calibration_{stem}.json", record)
     write_atomic(out / f"calibration_{stem}.md", calibration_markdown(record))
     return jsonable(record)

@@ -26,9 +26,17 @@ from typing import Any
 
 import torch.nn.functional as F
 
+from x2ctclip.assets import ASSETS_FILE, CALIBRATION_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents
+from x2ctclip.train.data.folders import PREPROCESS_CONFIG, read_folder_config
+from x2ctclip.train.evaluation.calibrate import calibrate
+from x2ctclip.train.evaluation.cases import preprocessed_cases
+from x2ctclip.train.evaluation.models import encode_images, load_model
+from x2ctclip.train.evaluation.provenance import write_json
+from x2ctclip.train.evaluation.retrieval_report import cache_latents, tower_latents
+
 # The file names and the latent format live in the library (the demo reads them without this package); re-exported
 # here so the old import path keeps working.
-from x2ctclip.assets import ASSETS_FILE, CALIBRATION_FILE, GALLERY_FILE, REFERENCE_FILE, save_latents
+from x2ctclip.train.hub.folders import refresh_model_folder
 
 __all__ = ["ASSETS_FILE", "CALIBRATION_FILE", "DEFAULT_ACCEPT_SHARE", "GALLERY_FILE", "REFERENCE_FILE", "save_latents", "write_demo_assets"]
 
@@ -37,8 +45,6 @@ DEFAULT_ACCEPT_SHARE = 0.975
 
 
 def _describe_distribution(data: Path, source: dict[str, Any]) -> str:
-    from x2ctclip.train.data.folders import PREPROCESS_CONFIG, read_folder_config
-
     config = read_folder_config(data, PREPROCESS_CONFIG)
     mode = source.get("simulation") or config.get("cxr_mode") or "mean"
     how = {"mean": "mean projection", "beer_lambert": "Beer-Lambert attenuation"}.get(str(mode), str(mode))
@@ -61,12 +67,6 @@ def write_demo_assets(model_dir: str | os.PathLike, data: str | os.PathLike, cac
         distribution: the one-line description of the training distribution (default: from ``data``'s config).
         accept_share: share of in-distribution CXRs the out-of-distribution limit accepts, in (0.5, 1).
     """
-    from x2ctclip.train.evaluation.retrieval_report import cache_latents, tower_latents
-    from x2ctclip.train.evaluation.provenance import write_json
-    from x2ctclip.train.evaluation.calibrate import calibrate
-    from x2ctclip.train.evaluation.models import encode_images, load_model
-    from x2ctclip.train.evaluation.cases import preprocessed_cases  # fmt: skip
-
     model_dir, data = Path(model_dir), Path(data)
     if split == "test":
         raise ValueError("demo assets come from the validation split; the test split stays held out.")
@@ -76,7 +76,7 @@ def write_demo_assets(model_dir: str | os.PathLike, data: str | os.PathLike, cac
     if len(cases) < 3:
         raise ValueError(f"{data / split}: {len(cases)} cases; the demo assets need at least 3.")
     calibration = calibrate(model_dir, cases, method="temperature", thresholds="youden", batch_size=batch_size,
-                            device=device, progress=progress)  # fmt: skip
+                            device=device, progress=progress, on_saved=refresh_model_folder)  # fmt: skip
     loaded = load_model(model_dir, device, calibrated=False)
     cxr = encode_images(loaded, cases.images, batch_size, progress)
     if cache is not None:
