@@ -163,7 +163,7 @@ def on_main_then_broadcast(fn: Callable[[], T]) -> T:
     if is_main():
         try:
             result = (True, fn())
-        except Exception as error:  # sent to the other ranks, then raised everywhere
+        except Exception as error:  # noqa: BLE001 - sent to the other ranks, then raised everywhere
             result = (False, error)
     ok, value = broadcast_from_main(result)
     if not ok:
