@@ -41,6 +41,7 @@ import numpy as np
 from x2ctclip.fileio import write_atomic, write_json_atomic
 from x2ctclip.train import distributed
 from x2ctclip.train.data.folders import PREPROCESS_CONFIG, preprocessed_features
+from x2ctclip.train.data.release import resolve_data_root
 from x2ctclip.train.data.shards import (
     SKIPPED,
     ShardedSplitWriter,
@@ -51,7 +52,6 @@ from x2ctclip.train.data.shards import (
 )
 from x2ctclip.train.data.tables import ct_rate_table, read_ct_rate_volume
 from x2ctclip.train.progress import progress_bar
-from x2ctclip.train.data.release import resolve_data_root
 
 __all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "preprocess_ct_rate", "simulate_cxr_uint8", "to_uint8_square"]
 
