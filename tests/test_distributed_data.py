@@ -155,3 +155,31 @@ def test_cache_embeddings_two_processes_equal_one(one, model_dir, tmp_path):
     _assert_same_folder(out, reference, load_embedding_cache, columns, ("train", "valid"))
     assert json.loads((out / EMBEDDING_CACHE_CONFIG).read_text())["world_size"] == 2
     assert json.loads((reference / EMBEDDING_CACHE_CONFIG).read_text())["world_size"] == 1
+
+
+def test_evaluate_all_two_processes_equal_one(tmp_path):
+    import shutil
+
+    from scripts.eval_fixtures import make_model, make_preprocessed
+
+    from x2ctclip.train.cli.app import main
+
+    data = make_preprocessed(tmp_path / "data", {"valid": 10, "test": 10})
+    model = make_model(tmp_path / "model", seed=0)
+    one_model, two_model = (shutil.copytree(model, tmp_path / name) for name in ("model_one", "model_two"))
+    # Batches of 3: 4 batches of CXRs, CTs and reports per split, dealt 2 + 2 over the ranks.
+    common = ["--data", data, "--batch-size", 3, "--n-bootstrap", 20, "--seed", 3, "--no-progress"]
+    assert main(["evaluate", "all", "--model", str(one_model), *map(str, common), "--out", str(tmp_path / "one")]) == 0
+    rc, stdout, stderr = _torchrun(["evaluate", "all", "--model", two_model, *common, "--out", tmp_path / "two"])
+    assert rc == 0, stderr[-4000:]
+    assert stdout.count("# Evaluation of") == 1  # rank 0 alone prints
+    one, two = (json.loads((tmp_path / name / "evaluation.json").read_text()) for name in ("one", "two"))
+    assert two["results"] == one["results"] and len(one["results"]) >= 2  # classification and retrieval
+    name = "zeroshot_test_predictions.csv"
+    assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    for name in ("zeroshot_test.json", "retrieval_test.json"):
+        a, b = (json.loads((tmp_path / folder / name).read_text()) for folder in ("one", "two"))
+        assert b["results"] == a["results"], name
+    # The calibration fitted on rank 0 and stored in the model folder is the one-process calibration.
+    config = lambda folder: json.loads((folder / "config.json").read_text())  # noqa: E731
+    assert config(two_model) == config(one_model)
