@@ -2,6 +2,7 @@
 processes, gloo): the output equals the one-process output (rows, order, values), ``world_size`` is recorded, and a
 rank killed with SIGKILL after its first shard leaves complete shards that the rerun keeps (not recomputed)."""
 
+import itertools
 import json
 import os
 import signal
@@ -17,7 +18,12 @@ from x2ctclip import X2CTCLIPModel
 from x2ctclip.processors import build_wordpiece_tokenizer
 from x2ctclip.train.data import preprocess as P
 from x2ctclip.train.data.embedding_cache import cache_embeddings
-from x2ctclip.train.data.folders import EMBEDDING_CACHE_CONFIG, PREPROCESS_CONFIG, load_embedding_cache, load_preprocessed
+from x2ctclip.train.data.folders import (
+    EMBEDDING_CACHE_CONFIG,
+    PREPROCESS_CONFIG,
+    load_embedding_cache,
+    load_preprocessed,
+)
 from x2ctclip.train.distributed import KILL_HOOK_ENV, batch_block, owned
 
 SHAPE = (8, 16, 16)  # the tiny CT tower's input
@@ -89,7 +95,7 @@ def test_helpers_split_work_disjointly_and_in_order():
     for n, batch in ((0, 4), (5, 4), (17, 4), (64, 8)):
         blocks = [batch_block(n, batch, 3, r) for r in range(3)]
         assert blocks[0][0] == 0 and blocks[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))  # contiguous, in rank order
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))  # contiguous, in rank order
         assert all(start % batch == 0 or start == n for start, _ in blocks)  # on batch boundaries (or empty)
 
 
@@ -181,5 +187,5 @@ def test_evaluate_all_two_processes_equal_one(tmp_path):
         a, b = (json.loads((tmp_path / folder / name).read_text()) for folder in ("one", "two"))
         assert b["results"] == a["results"], name
     # The calibration fitted on rank 0 and stored in the model folder is the one-process calibration.
-    config = lambda folder: json.loads((folder / "config.json").read_text())  # noqa: E731
+    config = lambda folder: json.loads((folder / "config.json").read_text())
     assert config(two_model) == config(one_model)
