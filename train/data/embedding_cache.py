@@ -231,7 +231,8 @@ def cache_embeddings(
     config_path = out / EMBEDDING_CACHE_CONFIG
     previous = json.loads(config_path.read_text()) if config_path.is_file() else None
     if previous is not None and previous.get("parameters") != params:
-        changed = sorted(k for k in params if previous.get("parameters", {}).get(k) != params[k])
+        before = previous.get("parameters", {})
+        changed = sorted(k for k in {*params, *before} if before.get(k) != params.get(k))
         raise ValueError(f"{out}: a cache made with other inputs ({', '.join(changed)} differ); use a new --out folder.")
     record = previous or {"parameters": params, "splits": {}}
     record["versions"] = {"x2ctclip": x2ctclip.__version__, "torch": torch.__version__}
