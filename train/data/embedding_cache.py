@@ -26,6 +26,7 @@ cross a shard, so the latents are those of one process. Rank 0 finalises each sp
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -129,8 +130,25 @@ def _text_length(model, tokenizer) -> int:
     return min(limits)
 
 
-def _encode_batches(model, tokenizer, dataset, start: int, stop: int, batch_size: int, max_length: int, device, bar,
-                    bf16: bool = False):
+def _write_owned_shards(writer, encode, split: str, shard_size: int, progress) -> tuple[int, float]:
+    """This rank's pending shards; returns ``(volumes computed, seconds)``."""
+    mine = distributed.owned(range(writer.num_shards))
+    pending = writer.pending_owned()
+    total = sum(len(writer.plan[i]) for i in mine)
+    done_rows = total - sum(len(writer.plan[i]) for i in pending)
+    starts = np.cumsum([0] + [len(s) for s in writer.plan])
+    where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+    began = time.perf_counter()
+    disable = None if progress is None else not progress
+    with progress_bar(total, done_rows, f"cache {split}{where}", "vol", disable) as bar:
+        for index in pending:
+            rows = encode(int(starts[index]), int(starts[index + 1]), bar=bar)
+            writer.write_shard(index, rows, writer_batch_size=shard_size)
+    return total - done_rows, time.perf_counter() - began
+
+
+def _encode_batches(model, tokenizer, dataset, start: int, stop: int, *, batch_size: int, max_length: int, device,
+                    bar, bf16: bool = False):
     """Rows ``start:stop`` of the preprocessed split -> cache rows (a generator; one batch in memory at a time).
     ``bf16``: the towers run under bfloat16 autocast (latents are stored as float32)."""
     import torch
@@ -251,22 +269,9 @@ def cache_embeddings(
             raise ValueError(f"{data_dir / split}: duplicated VolumeName values; the cache needs one row per volume.")
         writer = open_split_writer(out / split, features, plan_shards(names, shard_size), split=split,
                                    fingerprint=config_fingerprint({**params, "split": split}))
-        mine = distributed.owned(range(writer.num_shards))
-        pending = writer.pending_owned()
-        total = sum(len(writer.plan[i]) for i in mine)
-        done_rows = total - sum(len(writer.plan[i]) for i in pending)
-        starts = np.cumsum([0] + [len(s) for s in writer.plan])
-        where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
-        began = time.perf_counter()
-        with progress_bar(total, done_rows, f"cache {split}{where}", "vol", None if progress is None else not progress) as bar:
-            for index in pending:
-                rows = _encode_batches(
-                    model, report_tokenizer, dataset, int(starts[index]), int(starts[index + 1]), batch_size,
-                    max_length, device, bar, bf16,
-                )
-                writer.write_shard(index, rows, writer_batch_size=shard_size)
-        computed = [(total - done_rows, time.perf_counter() - began)]
-        computed = distributed.gather_objects(computed[0])
+        encode = functools.partial(_encode_batches, model, report_tokenizer, dataset, batch_size=batch_size,
+                                   max_length=max_length, device=device, bf16=bf16)
+        computed = distributed.gather_objects(_write_owned_shards(writer, encode, split, shard_size, progress))
 
         def summarise(dataset, split=split) -> None:
             record["splits"][split] = {"num_rows": dataset.num_rows}
