@@ -7,7 +7,9 @@
 ``x2ctclip cache-embeddings --model DIR --data OUT --out CACHE [--split ...] [--batch-size B] [--tokenizer DIR]
 [--device cuda]``: frozen CT and report latents of a preprocessed folder (:mod:`x2ctclip.train.data.embedding_cache`).
 
-Both are resumable: run the same command again after an interruption. A gated ``hf://`` data root uses the token of
+Both run unchanged under ``torchrun --nproc_per_node N -m x2ctclip.train.cli CMD ...`` (each rank its own shards,
+rank 0 finalises; :mod:`x2ctclip.train.distributed`). Both are resumable: run the same command again after an
+interruption. A gated ``hf://`` data root uses the token of
 ``huggingface-cli login`` or ``HF_TOKEN`` (never a command-line argument, which would end up in shell histories).
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from x2ctclip.train import distributed
 
 
 def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
@@ -54,13 +58,20 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--tokenizer", type=Path, default=None, help="report tokenizer folder (default: the model folder)")
         parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
         parser.add_argument("--shard-size", type=int, default=1024, help="rows per Arrow shard (default: %(default)s)")
+        parser.add_argument("--bf16", action="store_true", help="run the frozen towers under bfloat16 autocast")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     else:  # pragma: no cover - cli.py only dispatches the names above here
         raise ValueError(f"cmd_data does not implement the command {command!r}.")
 
 
 def run(args) -> int:
+    with distributed.distributed_session():
+        return _run(args)
+
+
+def _run(args) -> int:
     progress = False if args.no_progress else None
+    stats: dict = {}
     if args.command == "preprocess":
         from x2ctclip.train.data.preprocess import preprocess_ct_rate
 
@@ -92,8 +103,17 @@ def run(args) -> int:
             device=args.device,
             shard_size=args.shard_size,
             progress=progress,
+            bf16=args.bf16,
+            stats=stats,
         )
+    if not distributed.is_main():
+        return 0
     where = args.out
     for split, dataset in results.items():
-        print(f"{split}: {dataset.num_rows} rows in {where / split}")
+        speed = ""
+        if split in stats:
+            s = stats[split]
+            speed = (f" ({s['volumes']} computed in {s['seconds']:.1f} s: {s['volumes_per_s']:.2f} volumes/s over "
+                     f"{s['world_size']} process{'es' if s['world_size'] > 1 else ''})")
+        print(f"{split}: {dataset.num_rows} rows in {where / split}{speed}")
     return 0

@@ -8,6 +8,10 @@ Examples::
     x2ctclip evaluate zeroshot  --model out/model --external mimic_ct/labels.csv --mapping mimic-ct
     x2ctclip evaluate retrieval --model out/model --data out/data/preprocessed --cache out/data/cache --split test
     x2ctclip evaluate all       --model out/model --data out/data/preprocessed --cache out/data/cache
+
+Under ``torchrun --nproc_per_node N -m x2ctclip.train.cli evaluate ...`` the forward passes are dealt across the
+ranks and gathered in order (the same numbers as one process); rank 0 computes the metrics, writes the files and
+prints. ``calibrate`` runs on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from x2ctclip.train import distributed
 from x2ctclip.train.cli.args import float_between, non_negative_int, positive_int
 
 ACTIONS = {
@@ -109,6 +114,11 @@ def _cases(args, require_labels: bool = True):
 
 
 def run(args) -> int:
+    with distributed.distributed_session():
+        return _run(args)
+
+
+def _run(args) -> int:
     # Job modules are imported when the command runs (as in every cli module): they load torch and transformers,
     # which ``x2ctclip --help`` and the other commands do not need.
     from x2ctclip.train.evaluation.calibrate import calibrate, calibration_markdown
@@ -125,16 +135,18 @@ def run(args) -> int:
         record = evaluate_classification(args.model, _cases(args), out, threshold=args.threshold,
                                             n_bootstrap=args.n_bootstrap, seed=args.seed, confidence=args.confidence,
                                             compare=args.compare, ensemble=args.ensemble, **common)  # fmt: skip
-        print(classification_markdown(record))
+        _print(classification_markdown(record))
     elif args.action == "retrieval":
         record = evaluate_retrieval(args.model, _cases(args, require_labels=False), out, cache=args.cache, **common)
-        print(retrieval_markdown(record))
+        _print(retrieval_markdown(record))
     elif args.action == "calibrate":
         if args.data is None:
             raise ValueError("evaluate calibrate: --data PREPROCESSED is required (the validation split).")
-        record = calibrate(args.model, _cases(args), out, method=args.method, thresholds=args.thresholds,
-                              n_bins=args.n_bins, save=not args.no_save, ensemble=args.ensemble, **common)  # fmt: skip
-        print(calibration_markdown(record))
+        cases = _cases(args)
+        record = distributed.on_main_then_broadcast(lambda: calibrate(
+            args.model, cases, out, method=args.method, thresholds=args.thresholds, n_bins=args.n_bins,
+            save=not args.no_save, ensemble=args.ensemble, **common))
+        _print(calibration_markdown(record))
     else:
         split = None if str(args.calibration_split).lower() == "none" else args.calibration_split
         record = evaluate_all(args.model, data=args.data, split=args.split, calibration_split=split,
@@ -144,5 +156,11 @@ def run(args) -> int:
                                  compare=args.compare, ensemble=args.ensemble, dataset_name=args.dataset_name,
                                  dataset_type=args.dataset_type, save=not args.no_save, **common)  # fmt: skip
         folder = Path(out) if out is not None else Path(args.model) / "evaluation"
-        print((folder / "evaluation.md").read_text())
+        if distributed.is_main():
+            _print((folder / "evaluation.md").read_text())
     return 0
+
+
+def _print(text: str) -> None:
+    if distributed.is_main():  # one copy of the report, not one per rank
+        print(text)

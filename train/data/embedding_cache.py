@@ -16,19 +16,30 @@ Resumable and atomic: the rows are planned as shards of ``shard_size`` rows; eac
 name and renamed when complete, so a run killed at any moment leaves only complete shards, and a restart computes
 only the missing ones (with the same batches, hence bit-identical latents on the same device). Restarting against
 another model, tokenizer or data folder is refused.
+
+Under ``torchrun --nproc_per_node N`` every rank loads the frozen towers (eval mode, no gradients) on its own device
+(``cuda:LOCAL_RANK`` by default) and computes the shards ``i`` with ``i % N == r``, one batch at a time; batches never
+cross a shard, so the latents are those of one process. Rank 0 finalises each split; ``cache_config.json`` records
+``world_size``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from x2ctclip.fileio import write_json_atomic
+from x2ctclip.train import distributed
 from x2ctclip.train.data.folders import (
     EMBEDDING_CACHE_CONFIG,
     PREPROCESS_CONFIG,
@@ -38,7 +49,8 @@ from x2ctclip.train.data.folders import (
     read_ct,
     read_folder_config,
 )
-from x2ctclip.train.data.shards import ShardedSplitWriter, atomic_write_text, config_fingerprint, plan_shards
+from x2ctclip.train.data.preprocess import RUN_KEYS
+from x2ctclip.train.data.shards import config_fingerprint, finish_split, open_split_writer, plan_shards
 from x2ctclip.train.progress import progress_bar
 
 __all__ = ["cache_embeddings", "model_fingerprint"]
@@ -65,8 +77,8 @@ def _parse_device(device):
     """``None`` -> CUDA when available, else CPU; a name torch does not know, or an absent CUDA -> ``ValueError``."""
     import torch
 
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:  # under torchrun: this rank's GPU
+        return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -85,7 +97,7 @@ def _load_model(model_dir: Path, device):
     missing = [t for t in ("ct", "text") if getattr(model, f"{t}_model") is None]
     if missing:
         raise ValueError(f"{model_dir}: the model has no {' / '.join(missing)} tower (towers {model.config.towers}).")
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)  # frozen towers
 
 
 def _load_tokenizer(model_dir: Path, tokenizer: str | os.PathLike | None):
@@ -118,8 +130,27 @@ def _text_length(model, tokenizer) -> int:
     return min(limits)
 
 
-def _encode_batches(model, tokenizer, dataset, start: int, stop: int, batch_size: int, max_length: int, device, bar):
-    """Rows ``start:stop`` of the preprocessed split -> cache rows (a generator; one batch in memory at a time)."""
+def _write_owned_shards(writer, encode, split: str, shard_size: int, progress) -> tuple[int, float]:
+    """This rank's pending shards; returns ``(volumes computed, seconds)``."""
+    mine = distributed.owned(range(writer.num_shards))
+    pending = writer.pending_owned()
+    total = sum(len(writer.plan[i]) for i in mine)
+    done_rows = total - sum(len(writer.plan[i]) for i in pending)
+    starts = np.cumsum([0] + [len(s) for s in writer.plan])
+    where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+    began = time.perf_counter()
+    disable = None if progress is None else not progress
+    with progress_bar(total, done_rows, f"cache {split}{where}", "vol", disable) as bar:
+        for index in pending:
+            rows = encode(int(starts[index]), int(starts[index + 1]), bar=bar)
+            writer.write_shard(index, rows, writer_batch_size=shard_size)
+    return total - done_rows, time.perf_counter() - began
+
+
+def _encode_batches(model, tokenizer, dataset, start: int, stop: int, *, batch_size: int, max_length: int, device,
+                    bar, bf16: bool = False):
+    """Rows ``start:stop`` of the preprocessed split -> cache rows (a generator; one batch in memory at a time).
+    ``bf16``: the towers run under bfloat16 autocast (latents are stored as float32)."""
     import torch
     import torch.nn.functional as F
 
@@ -130,7 +161,8 @@ def _encode_batches(model, tokenizer, dataset, start: int, stop: int, batch_size
         batch = dataset.select_columns(["VolumeName", "scan_id", "labels", "report"])[begin:end]
         ct_values = ct_values_from_ct(read_ct(dataset, range(begin, end)), device=device)
         tokens = tokenize_reports(tokenizer, [str(r) for r in batch["report"]], max_length=max_length).to(device)
-        with torch.inference_mode():
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             ct = model.get_ct_features(ct_values).pooler_output
             text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
             ct = F.normalize(ct.float(), dim=-1).cpu().numpy()
@@ -157,6 +189,8 @@ def cache_embeddings(
     device: str | None = None,
     shard_size: int = 1024,
     progress: bool | None = None,
+    bf16: bool = False,
+    stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the frozen CT and report towers once over preprocessed splits and store the L2-normalised latents.
 
@@ -170,6 +204,9 @@ def cache_embeddings(
         device: ``"cuda"``, ``"cpu"``, ... (default: CUDA when available).
         shard_size: rows per Arrow shard (the unit of resumption).
         progress: show a tqdm bar (default: tqdm's own choice).
+        bf16: run the towers under bfloat16 autocast (recorded in the parameters: a cache is made one way only).
+        stats: filled with ``{split: {"volumes": n, "seconds": s, "volumes_per_s": v, "world_size": N}}``: the
+            volumes computed by this run over all ranks and the wall time of the slowest rank.
 
     Returns:
         ``{split: datasets.Dataset}`` of the finished cache splits.
@@ -203,19 +240,25 @@ def cache_embeddings(
         "tokenizer": str(Path(tokenizer_source).resolve()),
         "max_length": max_length,
         "data": str(data_dir.resolve()),
-        "data_fingerprint": config_fingerprint({k: v for k, v in data_config.items() if k not in ("splits", "versions")}),
+        "data_fingerprint": config_fingerprint({k: v for k, v in data_config.items() if k not in RUN_KEYS}),
         "projection_dim": int(model.config.projection_dim),
         "normalized": True,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    if bf16:  # only when on, so that caches made before the option keep their parameters
+        params["autocast"] = "bfloat16"
     config_path = out / EMBEDDING_CACHE_CONFIG
     previous = json.loads(config_path.read_text()) if config_path.is_file() else None
     if previous is not None and previous.get("parameters") != params:
-        changed = sorted(k for k in params if previous.get("parameters", {}).get(k) != params[k])
+        before = previous.get("parameters", {})
+        changed = sorted(k for k in {*params, *before} if before.get(k) != params.get(k))
         raise ValueError(f"{out}: a cache made with other inputs ({', '.join(changed)} differ); use a new --out folder.")
     record = previous or {"parameters": params, "splits": {}}
     record["versions"] = {"x2ctclip": x2ctclip.__version__, "torch": torch.__version__}
-    atomic_write_text(config_path, json.dumps(record, indent=2))
+    record["world_size"] = distributed.world_size()
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config_path, record)
+    distributed.barrier()
 
     features = embedding_cache_features(params["projection_dim"])
     results = {}
@@ -224,21 +267,22 @@ def cache_embeddings(
         names = [str(n) for n in dataset.with_format(None, columns=["VolumeName"])["VolumeName"]]
         if len(set(names)) != len(names):
             raise ValueError(f"{data_dir / split}: duplicated VolumeName values; the cache needs one row per volume.")
-        writer = ShardedSplitWriter(
-            out / split, features, plan_shards(names, shard_size), split=split,
-            fingerprint=config_fingerprint({**params, "split": split}),
-        )
-        pending = writer.pending()
-        done_rows = sum(len(writer.plan[i]) for i in range(writer.num_shards) if i not in set(pending))
-        with progress_bar(len(names), done_rows, f"cache {split}", "vol", None if progress is None else not progress) as bar:
-            for index in pending:
-                start = sum(len(s) for s in writer.plan[:index])
-                rows = _encode_batches(
-                    model, report_tokenizer, dataset, start, start + len(writer.plan[index]), batch_size, max_length,
-                    device, bar,
-                )
-                writer.write_shard(index, rows, writer_batch_size=shard_size)
-        results[split] = writer.finalize(description=f"X2CT-CLIP latents of {data_dir / split}")
-        record["splits"][split] = {"num_rows": results[split].num_rows}
-        atomic_write_text(config_path, json.dumps(record, indent=2))
+        writer = open_split_writer(out / split, features, plan_shards(names, shard_size), split=split,
+                                   fingerprint=config_fingerprint({**params, "split": split}))
+        encode = functools.partial(_encode_batches, model, report_tokenizer, dataset, batch_size=batch_size,
+                                   max_length=max_length, device=device, bf16=bf16)
+        computed = distributed.gather_objects(_write_owned_shards(writer, encode, split, shard_size, progress))
+
+        def summarise(dataset, split=split) -> None:
+            record["splits"][split] = {"num_rows": dataset.num_rows}
+            write_json_atomic(config_path, record)
+
+        results[split] = finish_split(writer, f"X2CT-CLIP latents of {data_dir / split}", summarise)
+        volumes, seconds = sum(n for n, _ in computed), max(t for _, t in computed)
+        rate = volumes / seconds if seconds > 0 and volumes else 0.0
+        logging.getLogger(__name__).info("cache %s: %d volumes in %.1f s (%.2f volumes/s over %d processes)", split,
+                                         volumes, seconds, rate, distributed.world_size())
+        if stats is not None:
+            stats[split] = {"volumes": volumes, "seconds": seconds, "volumes_per_s": rate,
+                            "world_size": distributed.world_size()}
     return results

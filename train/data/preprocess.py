@@ -16,10 +16,16 @@ Memory stays flat: a volume is decoded, processed and appended to the current sh
 few rows (:class:`x2ctclip.train.data.shards.ShardedSplitWriter`); with ``workers`` > 1 at most ``2 * workers`` processed
 volumes wait in memory. Resumable and atomic: each shard is written under a temporary name and renamed when complete;
 a restart skips complete shards. The same code reads a local folder and ``hf://datasets/...``.
+
+Under ``torchrun --nproc_per_node N`` (:mod:`x2ctclip.train.distributed`) rank ``r`` writes the shards ``i`` with
+``i % N == r`` of each split (with its own ``workers`` pool), and rank 0 finalises the split once every rank is done;
+the rows, their order and their values are those of one process. ``preprocess_config.json`` records ``world_size``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import logging
@@ -32,17 +38,20 @@ from typing import Any
 
 import numpy as np
 
+from x2ctclip.fileio import write_atomic, write_json_atomic
+from x2ctclip.train import distributed
 from x2ctclip.train.data.folders import PREPROCESS_CONFIG, preprocessed_features
+from x2ctclip.train.data.release import resolve_data_root
 from x2ctclip.train.data.shards import (
     SKIPPED,
     ShardedSplitWriter,
-    atomic_write_text,
     config_fingerprint,
+    finish_split,
+    open_split_writer,
     plan_shards,
 )
 from x2ctclip.train.data.tables import ct_rate_table, read_ct_rate_volume
 from x2ctclip.train.progress import progress_bar
-from x2ctclip.train.data.release import resolve_data_root
 
 __all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "preprocess_ct_rate", "simulate_cxr_uint8", "to_uint8_square"]
 
@@ -55,6 +64,8 @@ DEFAULT_SHARD_BYTES = 500 * 2**20
 CHEST_CHECK_MAX_SPACING_MM: tuple[float, float, float] = (10.0, 5.0, 5.0)
 #: Rows buffered by the Arrow writer before a flush (bounded by bytes as well).
 _FLUSH_BYTES = 32 * 2**20
+#: Top-level keys of ``preprocess_config.json`` that describe a run, not the data (a resumed run may change them).
+RUN_KEYS = ("splits", "versions", "world_size")
 
 
 def to_uint8_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -225,6 +236,73 @@ def _check_volumes_present(data_root, storage_options, tables) -> None:
             )
 
 
+def _open_config(out: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The record of ``OUT/preprocess_config.json``: checked against ``params`` on every rank (a folder of another
+    run is refused), written by rank 0 with this run's versions and ``world_size``."""
+    config_path = out / PREPROCESS_CONFIG
+    record = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if record is not None:
+        previous = {k: v for k, v in record.items() if k not in RUN_KEYS}
+        if previous != params:
+            changed = sorted(k for k in params if previous.get(k) != params[k])
+            raise ValueError(f"{out}: preprocessed with other parameters ({', '.join(changed)} differ); use a new OUT.")
+    else:
+        record = {**params, "splits": {}}
+    record["versions"] = _versions()
+    record["world_size"] = distributed.world_size()
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config_path, record)
+    return record
+
+
+def _preprocess_split(split, table, out: Path, features, worker, executor, workers: int, shard_size: int,
+                      flush_rows: int, progress, *, fingerprint: str, data_root, record: dict, info: dict):
+    """One split: this rank's pending shards, then (rank 0) the finished split, ``skipped.csv`` and the config."""
+    names = list(table["VolumeName"])
+    writer = open_split_writer(out / split, features, plan_shards(names, shard_size), split=split,
+                               fingerprint=fingerprint)
+    records = table.to_dict(orient="records")  # the table's metadata only (paths, labels, reports): no voxels
+    mine = distributed.owned(range(writer.num_shards))
+    pending = writer.pending_owned()
+    total = sum(len(writer.plan[i]) for i in mine)
+    done = total - sum(len(writer.plan[i]) for i in pending)
+    starts = np.cumsum([0] + [len(s) for s in writer.plan])
+    todo = [r for i in pending for r in records[starts[i] : starts[i + 1]]]
+    # One pipeline over every pending shard, so that workers stay busy across shard boundaries.
+    rows = _processed_rows(worker, todo, executor, 2 * max(workers, 1))
+    where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+    disable = None if progress is None else not progress
+    with progress_bar(total, done, f"preprocess {split}{where}", "vol", disable) as bar:
+        for index in pending:
+            shard_rows = itertools.islice(rows, len(writer.plan[index]))
+            writer.write_shard(index, _counted(shard_rows, bar), writer_batch_size=flush_rows)
+
+    def summarise(dataset) -> None:
+        _write_skipped(writer, out / split, data_root, split, len(names))
+        # The release actually read (fixed / original), the count of no_chest volumes left out and of volumes
+        # that failed the chest check.
+        record["splits"][split] = {"num_rows": dataset.num_rows, "num_shards": writer.num_shards,
+                                   "num_skipped_not_chest": len(writer.skipped()), **info}
+        write_json_atomic(out / PREPROCESS_CONFIG, record)
+
+    return finish_split(writer, f"CT-RATE {split} preprocessed by x2ctclip", summarise)
+
+
+def _write_skipped(writer: ShardedSplitWriter, folder: Path, data_root, split: str, planned: int) -> None:
+    skipped = writer.skipped()
+    if not skipped:
+        return
+    text = io.StringIO()
+    table_out = csv.DictWriter(text, fieldnames=["VolumeName", "reason"], lineterminator="\n")
+    table_out.writeheader()
+    table_out.writerows(skipped)
+    write_atomic(folder / "skipped.csv", text.getvalue())
+    logging.getLogger(__name__).warning(
+        "%s %s: %d of %d volumes do not look like chest CTs and were left out (listed in %s; "
+        "--keep-implausible keeps them).", data_root, split, len(skipped), planned, folder / "skipped.csv")
+
+
 def preprocess_ct_rate(
     data_root: str | os.PathLike,
     out: str | os.PathLike,
@@ -319,20 +397,11 @@ def preprocess_ct_rate(
     for split, table in tables.items():
         if table.empty:
             raise ValueError(f"{data_root}: the {split} split has no volume with both a report and labels.")
-    _check_volumes_present(data_root, storage_options, tables)
+    # One listing of the data root (rank 0), its error raised on every rank.
+    distributed.on_main_then_broadcast(lambda: _check_volumes_present(data_root, storage_options, tables))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / PREPROCESS_CONFIG
-    record = json.loads(config_path.read_text()) if config_path.is_file() else None
-    if record is not None:
-        previous = {k: v for k, v in record.items() if k not in ("splits", "versions")}
-        if previous != params:
-            changed = sorted(k for k in params if previous.get(k) != params[k])
-            raise ValueError(f"{out}: preprocessed with other parameters ({', '.join(changed)} differ); use a new OUT.")
-    else:
-        record = {**params, "splits": {}}
-    record["versions"] = _versions()
-    atomic_write_text(config_path, json.dumps(record, indent=2))
+    record = _open_config(out, params)
+    distributed.barrier()  # the folder and its config exist before any rank writes a shard
 
     worker = _VolumeWorker(data_root, storage_options, processor_kwargs, cxr_mode, cxr_size,
                            check_chest=not keep_implausible)
@@ -348,45 +417,11 @@ def preprocess_ct_rate(
     results = {}
     try:
         for split in splits:
-            table = tables[split]
-            names = list(table["VolumeName"])
-            writer = ShardedSplitWriter(
-                out / split, features, plan_shards(names, shard_size), split=split,
-                fingerprint=config_fingerprint(
-                    {**params, "split": split, "resolved_release": infos[split]["release"]}),
+            results[split] = _preprocess_split(
+                split, tables[split], out, features, worker, executor, workers, shard_size, flush_rows, progress,
+                fingerprint=config_fingerprint({**params, "split": split, "resolved_release": infos[split]["release"]}),
+                data_root=data_root, record=record, info=infos[split],
             )
-            records = table.to_dict(orient="records")
-            pending = writer.pending()
-            pending_set = set(pending)
-            done = sum(len(writer.plan[i]) for i in range(writer.num_shards) if i not in pending_set)
-            starts = np.cumsum([0] + [len(s) for s in writer.plan])
-            todo = [r for i in pending for r in records[starts[i] : starts[i + 1]]]
-            # One pipeline over every pending shard, so that workers stay busy across shard boundaries.
-            rows = _processed_rows(worker, todo, executor, 2 * max(workers, 1))
-            with progress_bar(len(names), done, f"preprocess {split}", "vol", None if progress is None else not progress) as bar:
-                for index in pending:
-                    shard_rows = itertools.islice(rows, len(writer.plan[index]))
-                    writer.write_shard(index, _counted(shard_rows, bar), writer_batch_size=flush_rows)
-            results[split] = writer.finalize(description=f"CT-RATE {split} preprocessed by x2ctclip")
-            skipped = writer.skipped()
-            if skipped:
-                import csv
-                import io
-
-                text = io.StringIO()
-                table_out = csv.DictWriter(text, fieldnames=["VolumeName", "reason"], lineterminator="\n")
-                table_out.writeheader()
-                table_out.writerows(skipped)
-                atomic_write_text(out / split / "skipped.csv", text.getvalue())
-                logging.getLogger(__name__).warning(
-                    "%s %s: %d of %d volumes do not look like chest CTs and were left out (listed in %s; "
-                    "--keep-implausible keeps them).", data_root, split, len(skipped), len(names),
-                    out / split / "skipped.csv")
-            # The release actually read (fixed / original), the count of no_chest volumes left out and of volumes
-            # that failed the chest check.
-            record["splits"][split] = {"num_rows": results[split].num_rows, "num_shards": writer.num_shards,
-                                       "num_skipped_not_chest": len(skipped), **infos[split]}
-            atomic_write_text(config_path, json.dumps(record, indent=2))
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

@@ -1,24 +1,56 @@
-"""The shard plan and the writer of a split: atomic Arrow shards, resumable, finalised once."""
+"""The shard plan and the writer of a split: atomic Arrow shards, resumable, finalised once.
+
+Across the ranks of a ``torchrun`` job (:mod:`x2ctclip.train.distributed`): :func:`open_split_writer` lets rank 0
+create the folder and its plan before the others check it, :meth:`ShardedSplitWriter.pending_owned` gives each rank
+its own unfinished shards (shard ``i`` to rank ``i % world_size``), and :func:`finish_split` has rank 0 finalise the
+split once every rank has finished its shards.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from x2ctclip.fileio import open_atomic, write_atomic
+from x2ctclip.train import distributed
 from x2ctclip.train.data.release import volume_stem
 
 
-
-
 # ------------------------------------------------------------------------------------------------ writing shards
+class _KeepOpen:
+    """A write-only view of a file handle whose ``close`` only flushes: pyarrow closes the stream it writes to, and
+    :func:`x2ctclip.fileio.open_atomic` must still fsync and rename the handle after that."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.closed = False
+        self.mode = "wb"
+
+    def write(self, data) -> int:
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._handle.flush()
+        self.closed = True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically (:func:`x2ctclip.fileio.write_atomic`)."""
+    write_atomic(path, text)
 
 
 def config_fingerprint(data: Mapping[str, Any]) -> str:
@@ -67,8 +99,6 @@ class ShardedSplitWriter:
             if any(self.folder.glob("data-*.arrow")):
                 raise ValueError(f"{self.folder}: holds Arrow files not written by this tool; use an empty folder.")
             atomic_write_text(plan_file, json.dumps(record))
-        for stale in self.folder.glob(".data-*.tmp-*"):
-            stale.unlink(missing_ok=True)  # left by a killed run: never renamed, so never part of the result
 
     @property
     def num_shards(self) -> int:
@@ -83,18 +113,27 @@ class ShardedSplitWriter:
     def pending(self) -> list[int]:
         return [i for i in range(self.num_shards) if not self.is_done(i)]
 
+    def pending_owned(self) -> list[int]:
+        """This rank's unfinished shards (all of them in a plain run), with the temporary files a killed run left
+        for them removed (never renamed, so never part of the result; other ranks' files are left alone)."""
+        mine = distributed.owned(self.pending())
+        for index in mine:
+            for name in (self.shard_path(index).name, self.skipped_path(index).name):
+                for stale in self.folder.glob(f".{name}.*"):
+                    stale.unlink(missing_ok=True)
+        return mine
+
     def write_shard(self, index: int, rows: Iterable[Mapping[str, Any]], writer_batch_size: int = 8) -> int:
         """Write shard ``index`` from ``rows`` (dicts matching the features; exactly the planned rows, in order)."""
         from datasets.arrow_writer import ArrowWriter
 
         final = self.shard_path(index)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         expected = self.plan[index]
         position = written = 0
         skipped: list[dict[str, str]] = []
-        skipped_path = self.skipped_path(index)
-        try:
-            writer = ArrowWriter(features=self.features, path=str(tmp), writer_batch_size=max(1, writer_batch_size))
+        # open_atomic: a temporary sibling, renamed to the final name only when the block succeeds.
+        with open_atomic(final, "wb") as handle:
+            writer = ArrowWriter(features=self.features, stream=_KeepOpen(handle), writer_batch_size=max(1, writer_batch_size))
             try:
                 for row in rows:
                     if position >= len(expected) or volume_stem(row["VolumeName"]) != volume_stem(expected[position]):
@@ -114,13 +153,10 @@ class ShardedSplitWriter:
                 writer.close()
             # The list of skipped volumes lands before the shard: a finished shard always has its complete list.
             if skipped:
-                atomic_write_text(skipped_path, json.dumps(skipped, indent=2))
+                atomic_write_text(self.skipped_path(index), json.dumps(skipped, indent=2))
             else:
-                skipped_path.unlink(missing_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                self.skipped_path(index).unlink(missing_ok=True)
+        distributed.shard_written_hook()
         return written
 
     def skipped_path(self, index: int) -> Path:
@@ -162,6 +198,35 @@ class ShardedSplitWriter:
         atomic_write_text(self.folder / "dataset_info.json", json.dumps({k: info[k] for k in sorted(info)}, indent=2))
         atomic_write_text(self.folder / "state.json", json.dumps(state, indent=2, sort_keys=True))
         return load_from_disk(str(self.folder))
+
+
+def open_split_writer(folder: str | os.PathLike, features, plan: list[list[str]], *, split: str,
+                      fingerprint: str) -> ShardedSplitWriter:
+    """:class:`ShardedSplitWriter` on every rank: rank 0 creates the folder and its plan first, the others then check
+    the plan against theirs (so no two ranks race to create it)."""
+    writer = None
+    if distributed.is_main():
+        writer = ShardedSplitWriter(folder, features, plan, split=split, fingerprint=fingerprint)
+    distributed.barrier()
+    if writer is None:
+        writer = ShardedSplitWriter(folder, features, plan, split=split, fingerprint=fingerprint)
+    return writer
+
+
+def finish_split(writer: ShardedSplitWriter, description: str, on_main: Callable[[Any], None] | None = None):
+    """Wait for every rank's shards, finalise the split on rank 0 (then ``on_main(dataset)`` there: the split's
+    summary files), and return the finished split, memory-mapped, on every rank."""
+    from datasets import load_from_disk
+
+    distributed.barrier()
+
+    def finalize():
+        dataset = writer.finalize(description=description)
+        if on_main is not None:
+            on_main(dataset)
+
+    distributed.on_main_then_broadcast(finalize)
+    return load_from_disk(str(writer.folder))
 
 
 def plan_shards(names: Sequence[str], shard_size: int) -> list[list[str]]:

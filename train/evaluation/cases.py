@@ -99,7 +99,7 @@ def preprocessed_cases(data: str | os.PathLike, split: str, dataset_name: str | 
         dataset={"name": dataset_name or f"{folder} {split} (simulated CXRs)", "type": dataset_type or folder,
                  "split": split},  # fmt: skip
         source={"path": str(data.resolve()), "kind": "preprocessed", "split": split, "tag": split,
-                "fingerprint": config_fingerprint({k: v for k, v in config.items() if k not in ("splits", "versions")}),
+                "fingerprint": config_fingerprint({k: v for k, v in config.items() if k not in ("splits", "versions", "world_size")}),
                 "simulation": config.get("cxr_mode") or config.get("simulation"), "n_cases": len(dataset)},  # fmt: skip
         preprocessed=dataset,
     )

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from x2ctclip.train import distributed
+from x2ctclip.train.evaluation.cases import Cases
 from x2ctclip.train.evaluation.external_sets import target_scores
 from x2ctclip.train.evaluation.metrics import (
     ClassificationReport,
@@ -24,16 +26,14 @@ from x2ctclip.train.evaluation.metrics import (
     precision_recall_f1,
     roc_auc,
 )
-from x2ctclip.train.evaluation.cases import Cases
-from x2ctclip.train.evaluation.models import LoadedModel
-from x2ctclip.train.evaluation.provenance import SOURCE
-from x2ctclip.train.evaluation.provenance import provenance_record
-from x2ctclip.train.evaluation.provenance import write_json
-from x2ctclip.train.evaluation.models import compute_logits
-from x2ctclip.train.evaluation.models import encode_images
-from x2ctclip.train.evaluation.models import load_model
-from x2ctclip.train.evaluation.models import probabilities_from_logits
-from x2ctclip.train.evaluation.provenance import write_atomic
+from x2ctclip.train.evaluation.models import (
+    LoadedModel,
+    compute_logits,
+    encode_images,
+    load_model,
+    probabilities_from_logits,
+)
+from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_atomic, write_json
 
 
 # ---------------------------------------------------------------------------------------------------------- scores
@@ -45,10 +45,22 @@ class _Scored:
     scores: np.ndarray  # (N, T) per target
 
 
+def encode_images_ranked(loaded: LoadedModel, images: Any, batch_size: int = 64,
+                         progress: bool | None = None) -> torch.Tensor:  # fmt: skip
+    """:func:`encode_images` of every image, the batches dealt across the ranks of a ``torchrun`` job (contiguous
+    blocks on batch boundaries, :func:`x2ctclip.train.distributed.batch_block`) and gathered in order: the same
+    ``(N, projection_dim)`` latents as one process (each batch is the one a single process would run)."""
+    if distributed.world_size() == 1:
+        return encode_images(loaded, images, batch_size, progress)
+    start, stop = distributed.batch_block(len(images), batch_size)
+    local = encode_images(loaded, images[start:stop], batch_size, progress if distributed.is_main() else False)
+    return distributed.gather_rows(local)
+
+
 def _score(loaded: LoadedModel, cases: Cases, batch_size: int, progress: bool | None,
            latents: torch.Tensor | None = None) -> _Scored:  # fmt: skip
     if latents is None:
-        latents = encode_images(loaded, cases.images, batch_size, progress)
+        latents = encode_images_ranked(loaded, cases.images, batch_size, progress)
     logits = compute_logits(loaded, latents)
     probabilities = probabilities_from_logits(loaded, logits)
     return _Scored(latents, logits, probabilities, target_scores(probabilities, loaded.findings, cases.targets))
@@ -208,13 +220,27 @@ def evaluate_classification(
     Returns:
         The record written to the JSON file.
     """
+    model_dir = Path(model_dir)
+    loaded = loaded or load_model(model_dir, device, ensemble)
+    # The forward passes use every rank; the metrics and the files are rank 0's, sent to the others.
+    scored = _score(loaded, cases, batch_size, progress, cxr_latents)
+    other = other_scores = None
+    if compare is not None:
+        other = load_model(compare, device, ensemble)
+        other_scores = _score(other, cases, batch_size, progress).scores
+    out = Path(out_dir) if out_dir is not None else model_dir / "evaluation"
+    return distributed.on_main_then_broadcast(lambda: _classification_record(
+        loaded, cases, scored.scores, out, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed,
+        confidence=confidence, other=other, other_scores=other_scores, progress=progress))
+
+
+def _classification_record(loaded: LoadedModel, cases: Cases, scores: np.ndarray, out: Path, *, threshold, n_bootstrap,
+                           seed, confidence, other, other_scores, progress) -> dict[str, Any]:  # fmt: skip
+    """Metrics, intervals and the optional comparison of :func:`evaluate_classification`; writes its files."""
     from x2ctclip.train.evaluation.calibration import expected_calibration_error
     from x2ctclip.train.evaluation.uncertainty import bootstrap_ci, delong_test_per_finding
 
-    model_dir = Path(model_dir)
-    loaded = loaded or load_model(model_dir, device, ensemble)
-    scored = _score(loaded, cases, batch_size, progress, cxr_latents)
-    labels, scores = cases.labels, scored.scores
+    labels = cases.labels
     thresholds, threshold_sources = _thresholds(loaded, cases, threshold)
     report = classification_report_via_evaluate(labels, scores, cases.target_names, thresholds)
     intervals = classification_metrics_with_ci(labels, scores, thresholds, n_bootstrap, seed, confidence, progress)
@@ -247,9 +273,7 @@ def evaluate_classification(
                       "method": "percentile, cases resampled with replacement"},  # fmt: skip
         "results": [entry],
     }
-    if compare is not None:
-        other = load_model(compare, device, ensemble)
-        other_scores = _score(other, cases, batch_size, progress).scores
+    if other is not None:
         delong = delong_test_per_finding(labels, scores, other_scores, cases.target_names, confidence)
         comparison = {
             "model_b": other.describe(),
@@ -267,7 +291,6 @@ def evaluate_classification(
             comparison["auroc_macro_difference"] = diff.__dict__
         record["comparison"] = comparison
 
-    out = Path(out_dir) if out_dir is not None else model_dir / "evaluation"
     stem = f"zeroshot_{cases.tag}"
     write_atomic(out / f"{stem}_predictions.csv", _predictions_csv(cases.names, cases.target_names, scores))
     record["files"] = {"json": f"{stem}.json", "markdown": f"{stem}.md", "predictions": f"{stem}_predictions.csv"}

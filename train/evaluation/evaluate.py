@@ -1,4 +1,7 @@
-"""``evaluate_all``: every step of ``x2ctclip evaluate all`` on one model folder and one set of cases."""
+"""``evaluate_all``: every step of ``x2ctclip evaluate all`` on one model folder and one set of cases.
+
+Under ``torchrun`` the forward passes are dealt across the ranks and gathered in order (the numbers are those of one
+process); the calibration fit, the metrics and every file are rank 0's (:mod:`x2ctclip.train.distributed`)."""
 
 from __future__ import annotations
 
@@ -6,23 +9,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-
+from x2ctclip.train import distributed
+from x2ctclip.train.evaluation.calibrate import calibrate, calibration_markdown
+from x2ctclip.train.evaluation.cases import external_cases, preprocessed_cases
+from x2ctclip.train.evaluation.classification import (
+    classification_markdown,
+    encode_images_ranked,
+    evaluate_classification,
+)
 from x2ctclip.train.evaluation.metrics import (
     jsonable,
 )
-from x2ctclip.train.evaluation.provenance import provenance_record
-from x2ctclip.train.evaluation.provenance import write_json
-from x2ctclip.train.evaluation.calibrate import calibrate
-from x2ctclip.train.evaluation.calibrate import calibration_markdown
-from x2ctclip.train.evaluation.classification import classification_markdown
-from x2ctclip.train.evaluation.models import encode_images
-from x2ctclip.train.evaluation.classification import evaluate_classification
-from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval
-from x2ctclip.train.evaluation.cases import external_cases
 from x2ctclip.train.evaluation.models import load_model
-from x2ctclip.train.evaluation.cases import preprocessed_cases
-from x2ctclip.train.evaluation.retrieval_report import retrieval_markdown
-from x2ctclip.train.evaluation.provenance import write_atomic
+from x2ctclip.train.evaluation.provenance import provenance_record, write_atomic, write_json
+from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval, retrieval_markdown
 
 
 # ---------------------------------------------------------------------------------------------------------- all
@@ -64,8 +64,9 @@ def evaluate_all(
     common = dict(batch_size=batch_size, device=device, progress=progress)
     if data is not None and calibration_split:
         valid = preprocessed_cases(data, calibration_split, dataset_name, dataset_type)
-        records["calibration"] = calibrate(model_dir, valid, out, method=method, thresholds=thresholds,
-                                           save=save, ensemble=ensemble, **common)  # fmt: skip
+        # Rank 0 alone (it stores the calibration in the model folder); the others wait for it, then load it.
+        records["calibration"] = distributed.on_main_then_broadcast(lambda: calibrate(
+            model_dir, valid, out, method=method, thresholds=thresholds, save=save, ensemble=ensemble, **common))
     sets = []
     if data is not None:
         sets.append(preprocessed_cases(data, split, dataset_name, dataset_type))
@@ -74,7 +75,7 @@ def evaluate_all(
     results, skipped = [], []
     loaded = load_model(model_dir, device, ensemble)  # after the calibration step: with its calibration
     for cases in sets:
-        latents = encode_images(loaded, cases.images, batch_size, progress)
+        latents = encode_images_ranked(loaded, cases.images, batch_size, progress)
         record = evaluate_classification(model_dir, cases, out, threshold=threshold, n_bootstrap=n_bootstrap,
                                          seed=seed, confidence=confidence, compare=compare, ensemble=ensemble,
                                          loaded=loaded, cxr_latents=latents, **common)  # fmt: skip
@@ -95,6 +96,14 @@ def evaluate_all(
         "skipped": skipped,
         "results": results,
     }
+    if distributed.is_main():
+        _write_summary(out, model_dir, summary, records, skipped)
+    distributed.barrier()  # evaluation.md exists on return, on every rank
+    return jsonable({**summary, "records": records})
+
+
+def _write_summary(out: Path, model_dir: Path, summary: dict[str, Any], records: dict[str, Any],
+                   skipped: list[str]) -> None:  # fmt: skip
     write_json(out / "evaluation.json", summary)
     parts = [f"# Evaluation of `{model_dir}`", ""]
     if "calibration" in records:
@@ -107,4 +116,3 @@ def evaluate_all(
     if skipped:
         parts.append("Skipped: " + "; ".join(skipped) + "\n")
     write_atomic(out / "evaluation.md", "\n".join(parts))
-    return jsonable({**summary, "records": records})

@@ -11,32 +11,30 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from x2ctclip.train import distributed
+from x2ctclip.train.evaluation.cases import Cases
+from x2ctclip.train.evaluation.classification import encode_images_ranked, fmt_number
 from x2ctclip.train.evaluation.metrics import (
     jsonable,
     load_metric,
 )
+from x2ctclip.train.evaluation.models import LoadedModel, load_model
+from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_atomic, write_json
 from x2ctclip.train.evaluation.retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT
-from x2ctclip.train.evaluation.cases import Cases
-from x2ctclip.train.evaluation.models import LoadedModel
-from x2ctclip.train.evaluation.provenance import SOURCE
-from x2ctclip.train.evaluation.classification import fmt_number
-from x2ctclip.train.evaluation.provenance import provenance_record
-from x2ctclip.train.evaluation.provenance import write_json
-from x2ctclip.train.evaluation.models import encode_images
-from x2ctclip.train.evaluation.models import load_model
-from x2ctclip.train.evaluation.provenance import write_atomic
 
 
 # ---------------------------------------------------------------------------------------------------------- retrieval
 @torch.no_grad()
 def tower_latents(loaded: LoadedModel, cases: Cases, modality: str, batch_size: int, progress: bool | None):
-    """CT or report latents from the model's own towers (L2-normalised, CPU)."""
+    """CT or report latents ``(N, projection_dim)`` from the model's own towers (L2-normalised, CPU); under
+    ``torchrun`` each rank runs its block of the batches and the blocks are gathered in order."""
     from x2ctclip.train.data.folders import ct_values_from_ct, read_ct
 
     model = loaded.model
     chunks = []
-    n = len(cases)
-    bar = tqdm(range(0, n, batch_size), desc=f"encode {modality}", unit="batch", disable=progress is False)
+    first, n = distributed.batch_block(len(cases), batch_size)
+    quiet = progress is False or not distributed.is_main()
+    bar = tqdm(range(first, n, batch_size), desc=f"encode {modality}", unit="batch", disable=quiet)
     for start in bar:
         stop = min(start + batch_size, n)
         if modality == "report":
@@ -50,7 +48,8 @@ def tower_latents(loaded: LoadedModel, cases: Cases, modality: str, batch_size: 
             ct_values = ct_values_from_ct(read_ct(cases.preprocessed, range(start, stop)), device=loaded.device)
             out = model.get_ct_features(ct_values).pooler_output
         chunks.append(F.normalize(out.float(), dim=-1).cpu())
-    return torch.cat(chunks)
+    local = torch.cat(chunks) if chunks else torch.empty(0, model.config.projection_dim)
+    return distributed.gather_rows(local)
 
 
 def cache_latents(cache: Path, split: str, names: list[str], dim: int) -> dict[str, torch.Tensor]:
@@ -99,7 +98,9 @@ def evaluate_retrieval(
     loaded = loaded or load_model(model_dir, device)
     latents: dict[str, torch.Tensor] = {}
     notes: list[str] = []
-    latents["cxr"] = cxr_latents if cxr_latents is not None else encode_images(loaded, cases.images, batch_size, progress)
+    if cxr_latents is None:
+        cxr_latents = encode_images_ranked(loaded, cases.images, batch_size, progress)
+    latents["cxr"] = cxr_latents
     dim = latents["cxr"].shape[1]
     if cache is not None:
         if cases.preprocessed is None:
@@ -116,6 +117,15 @@ def evaluate_retrieval(
             latents["ct"] = tower_latents(loaded, cases, "ct", batch_size, progress)
         else:
             notes.append("no CT latents (no cache, and no CT volumes / CT tower)")
+    out = Path(out_dir) if out_dir is not None else model_dir / "evaluation"
+    # The forward passes above used every rank; the metrics and the files are rank 0's, sent to the others.
+    return distributed.on_main_then_broadcast(lambda: _retrieval_record(
+        model_dir, loaded, cases, latents, out, origin=origin, notes=notes, recall_at=recall_at, map_at=map_at))
+
+
+def _retrieval_record(model_dir: Path, loaded: LoadedModel, cases: Cases, latents: dict[str, torch.Tensor], out: Path,
+                      *, origin: str, notes: list[str], recall_at, map_at) -> dict[str, Any]:  # fmt: skip
+    """The metrics of :func:`evaluate_retrieval` on the gathered latents; writes its files."""
     labels = cases.labels
     labelled = not np.isnan(labels).any()
     if not labelled:
@@ -167,7 +177,6 @@ def evaluate_retrieval(
         "notes": notes,
         "results": [entry],
     }
-    out = Path(out_dir) if out_dir is not None else model_dir / "evaluation"
     stem = f"retrieval_{cases.tag}"
     record["files"] = {"json": f"{stem}.json", "markdown": f"{stem}.md"}
     write_json(out / f"{stem}.json", record)

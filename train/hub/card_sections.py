@@ -222,7 +222,7 @@ _SIMULATION_MODES = {
     ),
 }
 # Keys of preprocess_config.json that describe the machine or the run rather than the simulation.
-_NOT_SIMULATION = ("source_root", "splits", "versions", "format_version")
+_NOT_SIMULATION = ("source_root", "splits", "versions", "format_version", "world_size")
 
 
 def training_info_from_preprocess_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
