@@ -125,6 +125,7 @@ def _run(args) -> int:
     from x2ctclip.train.evaluation.classification import classification_markdown, evaluate_classification
     from x2ctclip.train.evaluation.evaluate import evaluate_all
     from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval, retrieval_markdown
+    from x2ctclip.train.hub.folders import refresh_model_folder  # the card's file table lists calibration.json
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
@@ -145,7 +146,7 @@ def _run(args) -> int:
         cases = _cases(args)
         record = distributed.on_main_then_broadcast(lambda: calibrate(
             args.model, cases, out, method=args.method, thresholds=args.thresholds, n_bins=args.n_bins,
-            save=not args.no_save, ensemble=args.ensemble, **common))
+            save=not args.no_save, ensemble=args.ensemble, on_saved=refresh_model_folder, **common))
         _print(calibration_markdown(record))
     else:
         split = None if str(args.calibration_split).lower() == "none" else args.calibration_split
@@ -154,7 +155,8 @@ def _run(args) -> int:
                                  method=args.method, thresholds=args.thresholds, threshold=args.threshold,
                                  n_bootstrap=args.n_bootstrap, seed=args.seed, confidence=args.confidence,
                                  compare=args.compare, ensemble=args.ensemble, dataset_name=args.dataset_name,
-                                 dataset_type=args.dataset_type, save=not args.no_save, **common)  # fmt: skip
+                                 dataset_type=args.dataset_type, save=not args.no_save,
+                                 on_saved=refresh_model_folder, **common)  # fmt: skip
         folder = Path(out) if out is not None else Path(args.model) / "evaluation"
         if distributed.is_main():
             _print((folder / "evaluation.md").read_text())

@@ -6,6 +6,7 @@ process); the calibration fit, the metrics and every file are rank 0's (:mod:`x2
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,13 @@ def evaluate_all(
     dataset_name: str | None = None,
     dataset_type: str | None = None,
     save: bool = True,
+    on_saved: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Everything in order (``x2ctclip evaluate all``): calibration on ``calibration_split`` of ``data`` (None: keep
     the folder's calibration), then classification with intervals and retrieval on ``split`` of ``data`` (retrieval
     only when a cache or the towers give CT / report latents), then the same on the ``external`` collection.
-    ``save=False`` fits and reports the calibration without storing it (the later steps then use the folder's own).
+    ``save=False`` fits and reports the calibration without storing it (the later steps then use the folder's own);
+    ``on_saved(model_dir)`` runs once it is stored (see :func:`~x2ctclip.train.evaluation.calibrate.save_calibration`).
     Writes ``evaluation.json`` (all Hub results together) and ``evaluation.md``."""
     if data is None and external is None:
         raise ValueError("evaluate all needs --data PREPROCESSED and / or --external CSV_OR_FOLDER.")
@@ -66,7 +69,8 @@ def evaluate_all(
         valid = preprocessed_cases(data, calibration_split, dataset_name, dataset_type)
         # Rank 0 alone (it stores the calibration in the model folder); the others wait for it, then load it.
         records["calibration"] = distributed.on_main_then_broadcast(lambda: calibrate(
-            model_dir, valid, out, method=method, thresholds=thresholds, save=save, ensemble=ensemble, **common))
+            model_dir, valid, out, method=method, thresholds=thresholds, save=save, ensemble=ensemble,
+            on_saved=on_saved, **common))
     sets = []
     if data is not None:
         sets.append(preprocessed_cases(data, split, dataset_name, dataset_type))
