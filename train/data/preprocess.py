@@ -2,7 +2,8 @@
 
 Decoding a CT-RATE ``.nii.gz`` and resampling it costs seconds per volume; training reads every volume many times.
 This command does that work once and writes ``OUT/{split}/`` (a ``datasets.save_to_disk`` folder, read memory-mapped
-by :func:`x2ctclip.train.data.folders.load_preprocessed`), one row per reconstruction (``CONTRACTS.md``)::
+by :func:`x2ctclip.train.data.folders.load_preprocessed`), one row per reconstruction (the format of
+docs/data_pipeline.md, "Preprocessing once")::
 
     VolumeName, scan_id, labels int8[18], report (cleaned Findings + Impressions),
     ct  int16 (D, H, W): HU after X2CTCLIPVolumeProcessor (clip [-1000, 1000], target spacing, crop/pad with -1000)

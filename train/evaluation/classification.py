@@ -199,7 +199,7 @@ def evaluate_classification(
     device: str | None = None,
     progress: bool | None = None,
     loaded: LoadedModel | None = None,
-    cxr_latents: torch.Tensor | None = None,
+    cxr_embeds: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Per-finding and averaged AUROC / AP / F1 with bootstrap CIs (``x2ctclip evaluate zeroshot``).
 
@@ -215,7 +215,7 @@ def evaluate_classification(
         compare: a second model folder scored on the same cases: paired DeLong test per finding and a paired
             bootstrap interval of the macro-AUROC difference.
         ensemble: zero-shot prompt ensemble.
-        loaded / cxr_latents: an already loaded model and its CXR latents of ``cases`` (skips those steps).
+        loaded / cxr_embeds: an already loaded model and its CXR latents of ``cases`` (skips those steps).
 
     Returns:
         The record written to the JSON file.
@@ -223,7 +223,7 @@ def evaluate_classification(
     model_dir = Path(model_dir)
     loaded = loaded or load_model(model_dir, device, ensemble)
     # The forward passes use every rank; the metrics and the files are rank 0's, sent to the others.
-    scored = _score(loaded, cases, batch_size, progress, cxr_latents)
+    scored = _score(loaded, cases, batch_size, progress, cxr_embeds)
     other = other_scores = None
     if compare is not None:
         other = load_model(compare, device, ensemble)

@@ -82,12 +82,12 @@ def evaluate_all(
         latents = encode_images_ranked(loaded, cases.images, batch_size, progress)
         record = evaluate_classification(model_dir, cases, out, threshold=threshold, n_bootstrap=n_bootstrap,
                                          seed=seed, confidence=confidence, compare=compare, ensemble=ensemble,
-                                         loaded=loaded, cxr_latents=latents, **common)  # fmt: skip
+                                         loaded=loaded, cxr_embeds=latents, **common)  # fmt: skip
         records[f"zeroshot_{cases.tag}"] = record
         results += record["results"]
         try:
             record = evaluate_retrieval(model_dir, cases, out, cache=cache if cases.preprocessed is not None else None,
-                                        loaded=loaded, cxr_latents=latents, **common)  # fmt: skip
+                                        loaded=loaded, cxr_embeds=latents, **common)  # fmt: skip
         except ValueError as err:
             skipped.append(f"retrieval on {cases.tag}: {err}")
             continue

@@ -83,7 +83,7 @@ def evaluate_retrieval(
     device: str | None = None,
     progress: bool | None = None,
     loaded: LoadedModel | None = None,
-    cxr_latents: torch.Tensor | None = None,
+    cxr_embeds: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Recall@K and label-overlap MAP@K between CXR, report and CT latents (``x2ctclip evaluate retrieval``).
 
@@ -98,9 +98,9 @@ def evaluate_retrieval(
     loaded = loaded or load_model(model_dir, device)
     latents: dict[str, torch.Tensor] = {}
     notes: list[str] = []
-    if cxr_latents is None:
-        cxr_latents = encode_images_ranked(loaded, cases.images, batch_size, progress)
-    latents["cxr"] = cxr_latents
+    if cxr_embeds is None:
+        cxr_embeds = encode_images_ranked(loaded, cases.images, batch_size, progress)
+    latents["cxr"] = cxr_embeds
     dim = latents["cxr"].shape[1]
     if cache is not None:
         if cases.preprocessed is None:
