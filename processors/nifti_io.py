@@ -115,6 +115,15 @@ def _header_rescale(header, source: str) -> tuple[float, float]:
     return slope, 0.0 if math.isnan(inter) else inter
 
 
+def _raise_read_error(exc: Exception, source: str):
+    """A failure while reading the stream: corrupt data (bad gzip, zlib / isal errors, EOF) is a ``ValueError``
+    naming the file; an I/O error of the stream itself (a dropped connection of a remote file system) stays an
+    ``OSError`` naming it, so that a reader can tell a transient fault from a bad file and retry."""
+    if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+        raise OSError(f"{source}: reading failed ({type(exc).__name__}: {exc}).") from exc
+    raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None
+
+
 def decode_nifti(
     stream: Any,
     source: str,
@@ -167,7 +176,7 @@ def decode_nifti(
     except ValueError:
         raise
     except Exception as exc:  # truncated or corrupt gzip: EOFError, BadGzipFile, zlib / isal errors
-        raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None
+        _raise_read_error(exc, source)
     if got == 0:
         raise ValueError(f"{source}: file is empty.")
     head = bytes(head_buffer[:got])
@@ -197,7 +206,7 @@ def decode_nifti(
         have = len(buffer)
         extra = len(fh.read(NIFTI_TRAILING_MARGIN + 1)) if have >= needed else 0
     except Exception as exc:
-        raise ValueError(f"{source}: corrupt or truncated file ({type(exc).__name__}: {exc}).") from None
+        _raise_read_error(exc, source)
     if have < needed:
         raise ValueError(
             f"{source}: file is truncated: the header announces {count:,} voxels of {dtype} ({needed:,} bytes with "

@@ -8,6 +8,7 @@ import math
 import os
 import posixpath
 import re
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -30,6 +31,8 @@ from x2ctclip.train.data.release import (
     volume_folder,
     volume_stem,
 )
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
@@ -226,18 +229,34 @@ def read_ct_rate_volume(
     source = path if is_local(fs) else fs.unstrip_protocol(path)
     blank_spacing = None if math.isnan(xy_spacing) or math.isnan(z_spacing) else (z_spacing, xy_spacing, xy_spacing)
     blank_rescale = None if math.isnan(slope) or math.isnan(intercept) else (slope, intercept)
-    try:
-        handle = fs.open(path, "rb")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{source}: no such CT file (listed in the CT-RATE tables).") from None
-    with handle:
-        # The project's one NIfTI decoder; the metadata fills in only for a blank (first-release) header.
-        volume = decode_nifti(handle, source, blank_header_spacing=blank_spacing, blank_header_rescale=blank_rescale,
-                              max_voxels=max_voxels, blank_header="error")
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            with fs.open(path, "rb") as handle:
+                # The project's one NIfTI decoder; the metadata fills in only for a blank (first-release) header.
+                volume = decode_nifti(handle, source, blank_header_spacing=blank_spacing,
+                                      blank_header_rescale=blank_rescale, max_voxels=max_voxels, blank_header="error")
+            break
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: no such CT file (listed in the CT-RATE tables).") from None
+        except (IsADirectoryError, NotADirectoryError, PermissionError):
+            raise
+        except OSError as err:  # a dropped connection: the whole file is read again (the decoder streams it once)
+            if attempt == READ_ATTEMPTS:
+                raise OSError(f"{source}: reading failed {READ_ATTEMPTS} times, last: {err}. Rerun the command: "
+                              "complete shards are kept and only the rest is read.") from None
+            logger.warning("%s: read failed (%s); retry %d of %d.", source, err, attempt, READ_ATTEMPTS - 1)
+            time.sleep(READ_RETRY_WAIT_S * attempt)
     if validate:
         check_hu(volume)
         check_air(volume)
     return volume
+
+
+#: Attempts at reading one volume through fsspec before its I/O error is raised (a remote file system such as the
+#: Hub drops connections now and then); a corrupt file (``ValueError``) is never retried.
+READ_ATTEMPTS: int = 3
+#: Seconds waited before retry k (times k).
+READ_RETRY_WAIT_S: float = 2.0
 
 
 #: HU band of air (lungs and outside the body) in a chest CT; CT-RATE volumes hold much of it. A volume with
