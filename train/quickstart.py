@@ -284,6 +284,8 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
         seed: base seed: train / valid / test data use ``seed``, ``seed + 1``, ``seed + 2``; training uses 1024 + seed.
         workers: processes for data generation and preprocessing (default: the preset's).
         progress: tqdm bars. quiet: no step messages.
+
+    One long function on purpose: it is the recipe, read top to bottom, each step a small nested function.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}.")

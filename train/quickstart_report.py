@@ -40,6 +40,7 @@ __all__ = [
     "QUICKSTART_FEWSHOT_SEEDS",
     "auroc_intervals",
     "fewshot_table",
+    "headline",
     "results_markdown",
     "retrieval_intervals",
     "skipped_findings",
@@ -295,6 +296,17 @@ def _fewshot_lines(fewshot: dict[str, Any]) -> list[str]:
         scans = fewshot["x2ct"][key]["n_train_scans"]
         lines.append(f"| {fraction:.0%} | {scans:.0f} | {cells[0]} | {cells[1]} |")
     return lines + [""]
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One line of the headline numbers with their intervals (what ``x2ctclip quickstart`` prints last)."""
+    m, c = metrics["models"], metrics["comparisons"]
+    return (f"Zero-shot macro AUROC from CXR (test, 95 % CI): X2CT-CLIP "
+            f"{_with_ci(m['x2ct']['macro_auroc'], m['x2ct']['macro_auroc_ci'])}; CXR-only baseline "
+            f"{_with_ci(m['cxr_only']['macro_auroc'], m['cxr_only']['macro_auroc_ci'])}; difference "
+            f"{_with_ci(c['macro']['difference'], c['macro']['difference_ci'])} (hard on a projection: "
+            f"{_with_ci(c['hard_on_projection']['difference'], c['hard_on_projection']['difference_ci'])}); "
+            f"CT-CLIP teacher from CT {_with_ci(m['ctclip_teacher']['macro_auroc'], m['ctclip_teacher']['macro_auroc_ci'])}")
 
 
 def results_markdown(metrics: dict[str, Any], hard_findings: Sequence[str]) -> str:
