@@ -107,3 +107,11 @@ def test_retrieval_hits_and_intervals():
     assert low <= reference.recall[10] <= high
     assert out["differences"]["good-bad"]["1"]["difference_ci"][0] > 0.0
     assert out["differences"]["good-good"]["10"]["difference_ci"] == [0.0, 0.0]
+
+
+def test_fewshot_seeds_are_the_protocols_first_three():
+    from x2ctclip.train.fewshot.splits import FEWSHOT_FRACTIONS, FEWSHOT_SEEDS
+    from x2ctclip.train.quickstart_report import QUICKSTART_FEWSHOT_FRACTIONS, QUICKSTART_FEWSHOT_SEEDS
+
+    assert QUICKSTART_FEWSHOT_SEEDS == FEWSHOT_SEEDS[:3]
+    assert set(QUICKSTART_FEWSHOT_FRACTIONS) <= set(FEWSHOT_FRACTIONS)

@@ -50,7 +50,8 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 1024
 CONFIDENCE = 0.95
 QUICKSTART_FEWSHOT_FRACTIONS = (0.01, 0.1, 1.0)
-#: The first three seeds of the few-shot protocol (:data:`x2ctclip.train.fewshot.splits.FEWSHOT_SEEDS`).
+#: The first three seeds of the few-shot protocol (:data:`x2ctclip.train.fewshot.splits.FEWSHOT_SEEDS`), written out
+#: so that importing this module does not import iterstrat and scikit-learn (a test checks they agree).
 QUICKSTART_FEWSHOT_SEEDS = (1024, 1234, 4321)
 
 
