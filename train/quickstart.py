@@ -14,7 +14,10 @@
 6. train a CXR-only CLIP baseline on the same data and budget (gamma = 0) -> ``DIR/runs/cxr_only``;
 7. evaluate both on the held-out test split: zero-shot AUROC per finding and macro, Recall@K CXR->report and
    CXR->CT, paired DeLong tests X2CT-CLIP vs baseline; the CT-CLIP teacher's zero-shot AUROC from the CT
-   latents is reported as a reference;
+   latents is reported as a reference. Every AUROC and Recall@K gets a 95 % bootstrap interval over the test scans
+   and the X2CT-CLIP minus CXR-only differences paired bootstrap intervals; linear probes on the frozen CXR
+   latents of both models at 1 %, 10 % and 100 % of the training labels (3 seeds) give the few-shot table
+   (:mod:`x2ctclip.train.quickstart_report`, few-shot runs in ``DIR/fewshot``);
 8. write ``DIR/model`` (the X2CT-CLIP model with its processor: ``AutoModel.from_pretrained`` /
    ``AutoProcessor.from_pretrained``), ``DIR/metrics.json``, ``DIR/results.md`` and plots.
 
@@ -25,6 +28,7 @@ in step 7.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import resource
@@ -35,6 +39,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from transformers import AutoProcessor
+
+from x2ctclip import CT_RATE_FINDINGS, X2CTCLIPModel
+from x2ctclip.fileio import atomic_dir, write_atomic, write_json_atomic
+from x2ctclip.processors import load_report_tokenizer
+from x2ctclip.train import quickstart_report as report
+from x2ctclip.train.data.embedding_cache import cache_embeddings
+from x2ctclip.train.data.folders import load_embedding_cache, load_preprocessed
+from x2ctclip.train.data.preprocess import preprocess_ct_rate
+from x2ctclip.train.evaluation.metrics import jsonable, roc_auc
+from x2ctclip.train.evaluation.retrieval import retrieval_metrics
+from x2ctclip.train.evaluation.uncertainty import delong_test_per_finding
+from x2ctclip.train.hub.card_sections import training_info_from_preprocess_config
+from x2ctclip.train.hub.demo_assets import write_demo_assets
+from x2ctclip.train.hub.folders import finish_model_folder, run_training_info
+from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
+from x2ctclip.train.training.config import CTCLIPTrainConfig, X2CTTrainConfig
+from x2ctclip.train.training.ctclip_stage import train_ctclip
+from x2ctclip.train.training.x2ct_stage import embed_cxrs, train_x2ct
+from x2ctclip.zero_shot import ZeroShotClassifier
 
 __all__ = ["HARD_ON_PROJECTION", "PRESETS", "QuickstartPreset", "evaluate_cxr_model", "run_quickstart"]
 
@@ -121,7 +148,8 @@ PRESETS: dict[str, QuickstartPreset] = {
     ),
 }
 
-STEPS = ("synthetic", "preprocess", "ctclip", "cache", "x2ct", "cxr_only", "evaluate", "report")
+#: Per-case arrays of the evaluation results: used for the intervals, not written to metrics.json.
+_ARRAYS = ("scores", "labels", "cxr_embeds", "report_embeds", "ct_embeds")
 
 
 def _peak_memory_mb() -> dict[str, float]:
@@ -143,31 +171,15 @@ class _Log:
             print(f"[quickstart {time.perf_counter() - self.start:6.0f} s] {message}", flush=True)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_cxr_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike, cache_dir: str | os.PathLike,
                        split: str = "test", batch_size: int = 64) -> dict[str, Any]:
     """Zero-shot and retrieval metrics of a saved X2CT-CLIP model on a preprocessed split.
 
     Returns a dict with ``scores`` (N, 18) zero-shot probabilities, ``labels`` (N, 18), ``auroc`` per finding,
-    ``macro_auroc``, and Recall@K / MAP@K for CXR->report and CXR->CT (the report and CT latents of the cache).
+    ``macro_auroc``, Recall@K / MAP@K for CXR->report and CXR->CT (the report and CT latents of the cache), and the
+    (N, projection_dim) latents ``cxr_embeds``, ``report_embeds``, ``ct_embeds`` of the same scans in the same order.
     """
-    import torch
-    from transformers import AutoProcessor
-
-    from x2ctclip import X2CTCLIPModel
-
-    from x2ctclip.train.data.folders import load_embedding_cache, load_preprocessed
-    from x2ctclip.train.evaluation.metrics import roc_auc
-    from x2ctclip.train.evaluation.retrieval import retrieval_metrics
-    from x2ctclip.train.training.x2ct_stage import embed_cxrs
-    from x2ctclip.zero_shot import ZeroShotClassifier
-
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     rows = load_preprocessed(data_dir, split, columns=["VolumeName", "cxr", "labels"])
@@ -188,6 +200,9 @@ def evaluate_cxr_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike
         "labels": labels,
         "auroc": per_finding,
         "macro_auroc": float(np.nanmean(per_finding)),
+        "cxr_embeds": cxr,
+        "report_embeds": text,
+        "ct_embeds": ct,
     }
     ks = tuple(k for k in (1, 5, 10, 50) if k <= len(names))
     for target, gallery in (("report", text), ("ct", ct)):
@@ -197,14 +212,8 @@ def evaluate_cxr_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike
 
 
 def _teacher_zero_shot(model_dir: Path, cache_dir: Path, split: str) -> dict[str, Any]:
-    """The CT-CLIP teacher's zero-shot AUROC from the cached CT latents (what the CXR tower is pulled towards)."""
-    from x2ctclip import X2CTCLIPModel
-    from x2ctclip.processors import load_report_tokenizer
-
-    from x2ctclip.train.data.folders import load_embedding_cache
-    from x2ctclip.train.evaluation.metrics import roc_auc
-    from x2ctclip.zero_shot import ZeroShotClassifier
-
+    """The CT-CLIP teacher's zero-shot AUROC from the cached CT latents (what the CXR tower is pulled towards), with
+    its ``scores`` and ``labels`` (N, 18) in the cache's order."""
     model = X2CTCLIPModel.from_pretrained(model_dir).eval()
     tokenizer = load_report_tokenizer(model_dir)
     cache = load_embedding_cache(cache_dir, split)
@@ -212,65 +221,16 @@ def _teacher_zero_shot(model_dir: Path, cache_dir: Path, split: str) -> dict[str
     classifier = ZeroShotClassifier(model, tokenizer, max_length=tokenizer.model_max_length)
     scores = classifier.predict_from_embeddings(np.asarray(cache["ct_embeds"], dtype=np.float32)).probabilities.numpy()
     per_finding = np.asarray(roc_auc(labels, scores, average=None), dtype=np.float64)
-    return {"auroc": per_finding, "macro_auroc": float(np.nanmean(per_finding))}
+    return {"auroc": per_finding, "macro_auroc": float(np.nanmean(per_finding)), "scores": scores, "labels": labels}
 
 
 # ----------------------------------------------------------------------------------------------------- reporting
-def _results_markdown(metrics: dict[str, Any]) -> str:
-    from x2ctclip import CT_RATE_FINDINGS
-
-    m = metrics["models"]
-    lines = [
-        f"# X2CT-CLIP quickstart results ({metrics['preset']} preset, seed {metrics['seed']})",
-        "",
-        f"Held-out synthetic test split: {m['x2ct']['n']} scans. Zero-shot AUROC from the simulated chest X-ray "
-        "(prompt pairs, no labels used); the CT column is the CT-CLIP teacher classifying the CT volume itself.",
-        "",
-        "| finding | X2CT-CLIP (CXR) | CXR-only CLIP (CXR) | DeLong p | CT-CLIP teacher (CT) | hard on a projection |",
-        "|---|---|---|---|---|---|",
-    ]
-    for j, name in enumerate(CT_RATE_FINDINGS):
-        a, b, t = m["x2ct"]["auroc"][j], m["cxr_only"]["auroc"][j], m["ctclip_teacher"]["auroc"][j]
-        p = metrics["delong"].get(name)
-        lines.append(
-            f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(p, 3)} | {_fmt(t)} | {'yes' if name in HARD_ON_PROJECTION else ''} |"
-        )
-    hard = metrics["hard_on_projection"]
-    lines += [
-        f"| **macro (18)** | **{_fmt(m['x2ct']['macro_auroc'])}** | **{_fmt(m['cxr_only']['macro_auroc'])}** | | "
-        f"{_fmt(m['ctclip_teacher']['macro_auroc'])} | |",
-        f"| macro, hard on a projection ({len(HARD_ON_PROJECTION)}) | {_fmt(hard['x2ct'])} | {_fmt(hard['cxr_only'])} "
-        f"| | {_fmt(hard['ctclip_teacher'])} | |",
-        "",
-        f"X2CT-CLIP beats the CXR-only baseline on {hard['x2ct_better']} of the {hard['n_defined']} hard findings "
-        "(point estimates; see the DeLong p-values, uncorrected for multiple comparisons).",
-        "",
-        "| retrieval (test) | X2CT-CLIP | CXR-only CLIP |",
-        "|---|---|---|",
-    ]
-    for target in ("report", "ct"):
-        for k in m["x2ct"][f"cxr_to_{target}"]["recall"]:
-            a = m["x2ct"][f"cxr_to_{target}"]["recall"][k]
-            b = m["cxr_only"][f"cxr_to_{target}"]["recall"][k]
-            lines.append(f"| CXR->{target} Recall@{k} | {_fmt(a, 3)} | {_fmt(b, 3)} |")
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["timings_s"].items()),
-              f"Peak memory (MiB): {metrics['peak_memory_mb']}", ""]
-    return "\n".join(lines)
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
 def _plots(metrics: dict[str, Any], out: Path, runs: Path) -> list[str]:
+    # matplotlib only for the plots, and the Agg backend must be chosen before pyplot is first imported.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from x2ctclip import CT_RATE_FINDINGS
 
     m = metrics["models"]
     written = []
@@ -297,8 +257,6 @@ def _plots(metrics: dict[str, Any], out: Path, runs: Path) -> list[str]:
         path = runs / name / "train_log.csv"
         if not path.is_file():
             continue
-        import csv
-
         with path.open() as f:
             rows = list(csv.DictReader(f))
         for column in ("loss", "loss_ct_text", "loss_cxr_text", "loss_cxr_ct"):
@@ -326,6 +284,8 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
         seed: base seed: train / valid / test data use ``seed``, ``seed + 1``, ``seed + 2``; training uses 1024 + seed.
         workers: processes for data generation and preprocessing (default: the preset's).
         progress: tqdm bars. quiet: no step messages.
+
+    One long function on purpose: it is the recipe, read top to bottom, each step a small nested function.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}.")
@@ -343,9 +303,7 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
             raise ValueError(f"{out}: holds a quickstart run with other settings (preset {previous.get('preset')!r}, "
                              f"seed {previous.get('seed')}); use another --out folder.")
     else:
-        record_path.write_text(json.dumps(record, indent=2))
-
-    from accelerate.state import AcceleratorState
+        write_json_atomic(record_path, record)
 
     log = _Log(quiet)
     timings: dict[str, float] = {}
@@ -361,8 +319,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 1. synthetic data set, one seed per split.
     def synthetic():
-        from x2ctclip.train.synthetic.writer import generate_synthetic_ct_rate
-
         for i, (split, n) in enumerate((("train", p.n_train), ("valid", p.n_valid), ("test", p.n_test))):
             counts = {"n_train": 0, "n_valid": 0, "n_test": 0, f"n_{split}": n}
             generate_synthetic_ct_rate(raw, **counts, shape=p.synthetic_shape, seed=int(seed) + i, recons=1,
@@ -373,8 +329,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 2. preprocessing: CT grid + simulated CXRs.
     def preprocess():
-        from x2ctclip.train.data.preprocess import preprocess_ct_rate
-
         preprocess_ct_rate(raw, pre, splits=("train", "valid", "test"), shape=p.ct_shape, spacing=p.ct_spacing,
                            cxr_size=p.cxr_size, workers=workers, progress=progress)
 
@@ -387,9 +341,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     ctclip_dir = runs / "ctclip" / "model"
 
     def ctclip():
-        from x2ctclip.train.training.config import CTCLIPTrainConfig
-        from x2ctclip.train.training.ctclip_stage import train_ctclip
-
         config = CTCLIPTrainConfig(output_dir=str(runs / "ctclip"), data_dir=str(pre), ct_preset="small",
                                    ct_config=dict(p.ct_tower), text_model="all-MiniLM-L6-v2",
                                    text_training="projection", resume=_resume(runs / "ctclip"), **{**common, **p.ctclip})
@@ -403,8 +354,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 4. embedding cache.
     def embed():
-        from x2ctclip.train.data.embedding_cache import cache_embeddings
-
         cache_embeddings(ctclip_dir, pre, cache, splits=["train", "valid", "test"], batch_size=32, progress=progress)
 
     log(f"4/8 cache CT and report latents -> {cache}")
@@ -412,9 +361,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
 
     # 5-6. X2CT-CLIP stage and the CXR-only baseline, same data and budget.
     def stage(name: str, gamma: float):
-        from x2ctclip.train.training.config import X2CTTrainConfig
-        from x2ctclip.train.training.x2ct_stage import train_x2ct
-
         config = X2CTTrainConfig(
             output_dir=str(runs / name), ctclip_model=str(ctclip_dir), data_dir=str(pre), embedding_cache=str(cache),
             cxr_preset="small", cxr_config=dict(p.cxr_tower), image_size=p.image_size, loss_ct_text_weight=0.0,
@@ -434,10 +380,6 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
     log("7/8 evaluate on the held-out test split")
 
     def evaluate():
-        from x2ctclip import CT_RATE_FINDINGS
-
-        from x2ctclip.train.evaluation.uncertainty import delong_test_per_finding
-
         models = {name: evaluate_cxr_model(runs / name / "model", pre, cache, "test") for name in ("x2ct", "cxr_only")}
         models["ctclip_teacher"] = _teacher_zero_shot(ctclip_dir, cache, "test")
         a, b = models["x2ct"], models["cxr_only"]
@@ -445,70 +387,110 @@ def run_quickstart(out_dir: str | os.PathLike, preset: str = "default", seed: in
         return models, {k: (v.p_value if v is not None else None) for k, v in delong.items()}
 
     models, delong = timed("evaluate", evaluate)
-
-    # 8. outputs.
-    from x2ctclip import CT_RATE_FINDINGS
-
-    hard_idx = [CT_RATE_FINDINGS.index(n) for n in HARD_ON_PROJECTION]
-    hard = {k: float(np.nanmean(np.asarray(models[k]["auroc"])[hard_idx]))
-            for k in ("x2ct", "cxr_only", "ctclip_teacher")}
-    defined = [j for j in hard_idx
-               if np.isfinite(models["x2ct"]["auroc"][j]) and np.isfinite(models["cxr_only"]["auroc"][j])]
-    hard["x2ct_better"] = int(sum(models["x2ct"]["auroc"][j] > models["cxr_only"]["auroc"][j] for j in defined))
-    hard["n_defined"] = len(defined)
     metrics = {
         "preset": preset,
         "seed": int(seed),
         "data": {"n_train": p.n_train, "n_valid": p.n_valid, "n_test": p.n_test},
-        "models": {
-            name: {
-                key: (value.tolist() if isinstance(value, np.ndarray) else value)
-                for key, value in result.items()
-                if key not in ("scores", "labels")
-            }
-            for name, result in models.items()
-        },
+        "models": {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
+                          if k not in _ARRAYS} for name, result in models.items()},
         "findings": list(CT_RATE_FINDINGS),
-        "hard_on_projection": hard,
+        "hard_on_projection": _hard_summary(models),
         "hard_on_projection_findings": list(HARD_ON_PROJECTION),
         "delong": delong,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "peak_memory_mb": {k: round(v) for k, v in _peak_memory_mb().items()},
     }
-    from x2ctclip.train.evaluation.metrics import jsonable
+    log(f"    bootstrap intervals ({report.BOOTSTRAP_RESAMPLES} resamples of the test scans, paired X2CT-CLIP vs "
+        "CXR-only)")
+    timed("uncertainty", lambda: _add_intervals(metrics, models))
+    log(f"    few-shot linear probes at {', '.join(f'{f:.0%}' for f in report.QUICKSTART_FEWSHOT_FRACTIONS)} of the "
+        f"training labels, seeds {list(report.QUICKSTART_FEWSHOT_SEEDS)} -> fewshot/")
+    metrics["fewshot"] = timed("fewshot", lambda: report.fewshot_table(
+        {name: runs / name / "model" for name in ("x2ct", "cxr_only")}, pre, out / "fewshot", progress=progress))
 
+    # 8. outputs.
+    metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["peak_memory_mb"] = {k: round(v) for k, v in _peak_memory_mb().items()}
     metrics = jsonable(metrics)
-    tmp = out / ".tmp-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(runs / "x2ct" / "model", tmp)
-    from x2ctclip.train.hub.demo_assets import write_demo_assets  # the Space demo's calibration, gallery and input-check reference
-
-    write_demo_assets(tmp, pre, cache, progress=progress, distribution="frontal chest radiographs simulated (mean "
-                      "projection) from synthetic chest CT phantoms (x2ctclip make-synthetic)")  # valid split only
-    _quickstart_card(tmp, runs, pre, metrics)
-    _replace_dir(tmp, out / "model")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "results.md").write_text(_results_markdown(metrics))
+    with atomic_dir(out / "model") as tmp:
+        shutil.copytree(runs / "x2ct" / "model", tmp, dirs_exist_ok=True)
+        write_demo_assets(tmp, pre, cache, progress=progress, distribution="frontal chest radiographs simulated (mean "
+                          "projection) from synthetic chest CT phantoms (x2ctclip make-synthetic)")  # valid split only
+        _quickstart_card(tmp, runs, pre, metrics)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_atomic(out / "results.md", report.results_markdown(metrics, HARD_ON_PROJECTION))
     metrics["plots"] = _plots(metrics, out, runs)
     timings["total"] = time.perf_counter() - log.start
     metrics["timings_s"]["total"] = round(timings["total"], 1)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "results.md").write_text(_results_markdown(metrics))
+    write_json_atomic(out / "metrics.json", metrics)
+    write_atomic(out / "results.md", report.results_markdown(metrics, HARD_ON_PROJECTION))
     log(f"8/8 wrote {out / 'model'}, metrics.json, results.md, {', '.join(metrics['plots'])}")
     return metrics
+
+
+def _hard_summary(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Macro AUROC over :data:`HARD_ON_PROJECTION` per model, and on how many of those X2CT-CLIP beats CXR-only."""
+    hard_idx = [CT_RATE_FINDINGS.index(n) for n in HARD_ON_PROJECTION]
+    hard: dict[str, Any] = {k: float(np.nanmean(np.asarray(models[k]["auroc"])[hard_idx]))
+                            for k in ("x2ct", "cxr_only", "ctclip_teacher")}
+    defined = [j for j in hard_idx
+               if np.isfinite(models["x2ct"]["auroc"][j]) and np.isfinite(models["cxr_only"]["auroc"][j])]
+    hard["x2ct_better"] = int(sum(models["x2ct"]["auroc"][j] > models["cxr_only"]["auroc"][j] for j in defined))
+    hard["n_defined"] = len(defined)
+    return hard
+
+
+def _add_intervals(metrics: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
+    """Bootstrap intervals over the test scans (:mod:`x2ctclip.train.quickstart_report`) into ``metrics``: per
+    model ``auroc_ci``, ``macro_auroc_ci``, ``hard_macro_auroc_ci`` and ``cxr_to_{report,ct}.recall_ci``; the paired
+    X2CT-CLIP minus CXR-only differences under ``comparisons``; the bootstrap settings under ``bootstrap``. The point
+    values already in ``metrics`` are left as they are."""
+    hard_idx = [CT_RATE_FINDINGS.index(n) for n in HARD_ON_PROJECTION]
+    a, b = models["x2ct"], models["cxr_only"]
+    pair = [("x2ct", "cxr_only")]
+    paired = report.auroc_intervals(a["labels"], {"x2ct": a["scores"], "cxr_only": b["scores"]}, hard_idx, pair)
+    teacher = models["ctclip_teacher"]
+    # The teacher's scans are in the cache's order: its own (unpaired) bootstrap over the same test scans.
+    alone = report.auroc_intervals(teacher["labels"], {"ctclip_teacher": teacher["scores"]}, hard_idx)
+    intervals = {**paired["models"], **alone["models"]}
+    for name, ci in intervals.items():
+        entry = metrics["models"][name]
+        entry.update(auroc_ci=ci["auroc_ci"], auroc_n_undefined=ci["auroc_n_undefined"],
+                     macro_auroc_ci=ci["macro_auroc_ci"], hard_macro_auroc_ci=ci["subset_macro_auroc_ci"])
+    difference = paired["differences"]["x2ct-cxr_only"]
+    m = metrics["models"]
+    comparisons: dict[str, Any] = {
+        "a": "x2ct", "b": "cxr_only", "method": "paired percentile bootstrap over the test scans",
+        # Point values: differences of the reported macros (the bootstrap's own estimate is the same up to rounding).
+        "macro": {"difference": m["x2ct"]["macro_auroc"] - m["cxr_only"]["macro_auroc"],
+                  "difference_ci": difference["macro"]["difference_ci"], "n_findings": len(CT_RATE_FINDINGS)},
+        "hard_on_projection": {"difference": metrics["hard_on_projection"]["x2ct"]
+                               - metrics["hard_on_projection"]["cxr_only"],
+                               "difference_ci": difference["subset"]["difference_ci"],
+                               "n_findings": len(HARD_ON_PROJECTION)},
+        "per_finding": {name: {**d, "delong_p": metrics["delong"].get(name)}
+                        for name, d in zip(CT_RATE_FINDINGS, difference["per_finding"])},
+        "retrieval": {},
+    }
+    for target in ("report", "ct"):
+        key = f"cxr_to_{target}"
+        ks = [int(k) for k in a[key]["recall"]]
+        hits = {name: report.query_hits(models[name]["cxr_embeds"], models[name][f"{target}_embeds"], ks)
+                for name in ("x2ct", "cxr_only")}
+        retrieval = report.retrieval_intervals(hits, ks, pair)
+        for name in ("x2ct", "cxr_only"):
+            m[name][key]["recall_ci"] = retrieval["models"][name]["recall_ci"]
+        comparisons["retrieval"][key] = retrieval["differences"]["x2ct-cxr_only"]
+    metrics["comparisons"] = comparisons
+    metrics["bootstrap"] = {"n_resamples": report.BOOTSTRAP_RESAMPLES, "seed": report.BOOTSTRAP_SEED,
+                            "confidence": report.CONFIDENCE, "unit": "test scan", "method": "percentile",
+                            "skipped": report.skipped_findings(a["labels"])}
 
 
 def _quickstart_card(folder: Path, runs: Path, pre: Path, metrics: dict[str, Any]) -> None:
     """The model card of DIR/model, from the package's one card builder: the X2CT stage's run record, the held-out
     results measured above (model-index: macro AUROC on the synthetic test split) and the CXR simulation settings."""
-    import yaml
-
-    from x2ctclip.train.hub.card_sections import training_info_from_preprocess_config
-    from x2ctclip.train.hub.folders import finish_model_folder, run_training_info
-
     result = json.loads((runs / "x2ct" / "train_result.json").read_text())
     options = yaml.safe_load((runs / "x2ct" / "train_config.yaml").read_text()) or {}
-    held_out = _results_markdown(metrics).split("\n", 2)[2].split("\nTimings")[0]
+    held_out = report.results_markdown(metrics, HARD_ON_PROJECTION).split("\n", 2)[2].split("\nTimings")[0]
     summary = (
         f"X2CT-CLIP model trained by `x2ctclip quickstart` (preset `{metrics['preset']}`, seed {metrics['seed']}) on a "
         "*synthetic* CT-RATE layout (generated CT volumes, reports and labels; no real patient data), with simulated "

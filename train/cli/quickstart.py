@@ -29,6 +29,7 @@ def run(args) -> int:
     # start-up: the job's modules load only once this command is chosen (cli/app.py)
     from x2ctclip.train.cli.app import CommandError
     from x2ctclip.train.quickstart import run_quickstart
+    from x2ctclip.train.quickstart_report import headline
 
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"{args.out}: exists and is not a folder; --out must be a new or an earlier quickstart "
@@ -37,10 +38,7 @@ def run(args) -> int:
                              progress=not args.no_progress)
     print()
     print((args.out / "results.md").read_text())
-    m = metrics["models"]
-    print(f"X2CT-CLIP macro zero-shot AUROC from CXR (test): {m['x2ct']['macro_auroc']:.3f}; "
-          f"CXR-only baseline: {m['cxr_only']['macro_auroc']:.3f}; CT-CLIP teacher from CT: "
-          f"{m['ctclip_teacher']['macro_auroc']:.3f}")
+    print(headline(metrics))
     print(f"Model: {args.out / 'model'}  (AutoModel / AutoProcessor.from_pretrained)")
     print(f"Total time {metrics['timings_s']['total']:.0f} s, peak memory {metrics['peak_memory_mb']} MiB")
     return 0
