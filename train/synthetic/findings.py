@@ -81,6 +81,9 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
 
     Returns ``details``: finding name -> parameters and measurements (mm) used by rendering and reports. It also
     holds a few facts about negative studies under the key ``"_normal"`` (heart ratio, small lymph nodes).
+
+    Longer than 80 lines on purpose: one short branch per finding, in the order the findings interact (those that change
+    the anatomy first), each drawing and recording one instance.
     """
     positive = {name for name, v in zip(CT_RATE_FINDINGS, labels) if v}
     details: dict[str, dict] = {}

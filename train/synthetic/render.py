@@ -247,7 +247,11 @@ def _above_domes(plan: ChestPlan, grid: Grid) -> np.ndarray:
 
 
 def _render_bones(chest: RenderedChest, rng: np.random.Generator) -> None:
-    """Vertebrae with discs and posterior elements, ribs and costal cartilages, sternum, clavicles, scapulae."""
+    """Vertebrae with discs and posterior elements, ribs and costal cartilages, sternum, clavicles, scapulae.
+
+    Longer than 80 lines on purpose: the bones are painted in one pass in depth order (a later bone paints over an
+    earlier one), which the sequence of short blocks keeps visible.
+    """
     plan, grid = chest.plan, chest.grid
     P = plan.hu
     cortex, marrow = P["bone_cortex"], P["bone_marrow"]

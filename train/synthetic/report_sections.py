@@ -80,6 +80,11 @@ def trachea_section(w: ReportWriter) -> list[str]:
 
 
 def mediastinum_section(w: ReportWriter, pos: set, d: dict) -> list[str]:
+    """The mediastinum and heart sentences of a report (``w`` words them) for the positive findings ``pos`` with
+    their details ``d``.
+
+    Longer than 80 lines on purpose: one short branch per finding, in the order a radiologist reports them.
+    """
     out = []
     if "Cardiomegaly" in pos:
         ctr = d["Cardiomegaly"]["ctr"]
@@ -317,6 +322,10 @@ def _nodule_sentence(w: ReportWriter, nodules: list[dict]) -> list[str]:
 
 
 def lungs_section(w: ReportWriter, pos: set, d: dict) -> list[str]:
+    """The lung sentences of a report (``w`` words them) for the positive findings ``pos`` with their details ``d``.
+
+    Longer than 80 lines on purpose: one short branch per finding, in the order a radiologist reports them.
+    """
     out = []
     if "Emphysema" in pos:
         e = d["Emphysema"]
