@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from x2ctclip.fileio import write_atomic
 from x2ctclip.train import distributed
 from x2ctclip.train.evaluation.cases import Cases
 from x2ctclip.train.evaluation.external_sets import target_scores
@@ -33,7 +34,7 @@ from x2ctclip.train.evaluation.models import (
     load_model,
     probabilities_from_logits,
 )
-from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_atomic, write_json
+from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_report
 
 
 # ---------------------------------------------------------------------------------------------------------- scores
@@ -293,10 +294,7 @@ def _classification_record(loaded: LoadedModel, cases: Cases, scores: np.ndarray
 
     stem = f"zeroshot_{cases.tag}"
     write_atomic(out / f"{stem}_predictions.csv", _predictions_csv(cases.names, cases.target_names, scores))
-    record["files"] = {"json": f"{stem}.json", "markdown": f"{stem}.md", "predictions": f"{stem}_predictions.csv"}
-    write_json(out / f"{stem}.json", record)
-    write_atomic(out / f"{stem}.md", classification_markdown(record))
-    return jsonable(record)
+    return write_report(out, stem, record, classification_markdown, predictions=f"{stem}_predictions.csv")
 
 
 def classification_markdown(record: dict[str, Any]) -> str:

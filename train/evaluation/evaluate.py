@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from x2ctclip.fileio import write_atomic
 from x2ctclip.train import distributed
 from x2ctclip.train.evaluation.calibrate import calibrate, calibration_markdown
 from x2ctclip.train.evaluation.cases import external_cases, preprocessed_cases
@@ -22,7 +23,7 @@ from x2ctclip.train.evaluation.metrics import (
     jsonable,
 )
 from x2ctclip.train.evaluation.models import load_model
-from x2ctclip.train.evaluation.provenance import provenance_record, write_atomic, write_json
+from x2ctclip.train.evaluation.provenance import provenance_record, write_json
 from x2ctclip.train.evaluation.retrieval_report import evaluate_retrieval, retrieval_markdown
 
 

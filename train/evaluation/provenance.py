@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ SOURCE = {"name": "x2ctclip evaluate"}
 
 def write_json(path: Path, record: dict[str, Any]) -> Path:
     return write_json_atomic(path, jsonable(record))
+
+
+def write_report(out: Path, stem: str, record: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
+                 **more_files: str) -> dict[str, Any]:
+    """Write an evaluation ``record`` as ``out/{stem}.json`` and its ``markdown(record)`` as ``out/{stem}.md``
+    (both atomically), after listing them and ``more_files`` (written by the caller) in ``record["files"]``;
+    returns the record as JSON values."""
+    record["files"] = {"json": f"{stem}.json", "markdown": f"{stem}.md", **more_files}
+    write_json(out / f"{stem}.json", record)
+    write_atomic(out / f"{stem}.md", markdown(record))
+    return jsonable(record)
 
 
 def file_fingerprint(path: Path) -> str | None:

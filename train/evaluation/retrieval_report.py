@@ -19,7 +19,7 @@ from x2ctclip.train.evaluation.metrics import (
     load_metric,
 )
 from x2ctclip.train.evaluation.models import LoadedModel, load_model
-from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_atomic, write_json
+from x2ctclip.train.evaluation.provenance import SOURCE, provenance_record, write_report
 from x2ctclip.train.evaluation.retrieval import DEFAULT_MAP_AT, DEFAULT_RECALL_AT
 
 
@@ -178,10 +178,7 @@ def _retrieval_record(model_dir: Path, loaded: LoadedModel, cases: Cases, latent
         "results": [entry],
     }
     stem = f"retrieval_{cases.tag}"
-    record["files"] = {"json": f"{stem}.json", "markdown": f"{stem}.md"}
-    write_json(out / f"{stem}.json", record)
-    write_atomic(out / f"{stem}.md", retrieval_markdown(record))
-    return jsonable(record)
+    return write_report(out, stem, record, retrieval_markdown)
 
 
 def retrieval_markdown(record: dict[str, Any]) -> str:
