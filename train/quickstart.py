@@ -112,21 +112,19 @@ class QuickstartPreset:
 
 
 PRESETS: dict[str, QuickstartPreset] = {
+    # Each choice below was made on the validation split; the measurements behind them are in docs/training.md,
+    # "How the default preset was chosen".
     "default": QuickstartPreset(
-        # 1600 training scans raised the X2CT stage's valid zero-shot AUROC from 0.641 to 0.663 (within the noise of
-        # 150 valid scans) but doubled the wall time (14.0 against 7.6 min): 800 keep the run well inside 15 minutes.
+        # 800 training scans keep the run inside 15 minutes (twice as many doubled it for a gain within the noise).
         n_train=800, n_valid=150, n_test=250,
-        # 128 x 128 in-plane generated CTs give the simulated CXRs 3 mm pixels (valid zero-shot AUROC of the X2CT
-        # stage 0.623 against 0.610 from 80 x 80 ones, same teacher); the CT tower reads them at 6 mm.
+        # 128 x 128 in-plane generated CTs give the simulated CXRs 3 mm pixels; the CT tower reads them at 6 mm.
         synthetic_shape=(64, 128, 128), ct_shape=(32, 64, 64), ct_spacing=(10.0, 6.0, 6.0),
         cxr_size=128, image_size=128,
-        # 16 x 16 x 8-voxel patches: a 4 x 4 x 4 token grid (8 x 8 x 4 patches cost 4x more and did not fit).
+        # 16 x 16 x 8-voxel patches: a 4 x 4 x 4 token grid (8 x 8 x 4 patches did not fit the budget).
         ct_tower=dict(dim=64, codebook_size=16, patch_size=16, temporal_patch_size=8, spatial_depth=1,
                       temporal_depth=1, heads=4, dim_head=16, use_vq=False),
         cxr_tower=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                        layer_type="basic"),
-        # Chosen on the validation split (zero-shot macro AUROC from CT 0.65 with these; 0.63 with 15 epochs and
-        # half of the texts label sentences).
         ctclip=dict(projection_dim=128, per_device_batch_size=64, num_epochs=20, learning_rate=1e-3,
                     weight_decay=0.1, warmup_steps=20, lr_scheduler="cosine", max_text_length=64,
                     text_truncation_side="left", prompt_text_fraction=0.3),
