@@ -276,7 +276,8 @@ class Trainer:
             logs: dict[str, float] = {}
             if step % config.logging_steps == 0 or step == total_steps:
                 now = time.perf_counter()
-                logs = self._window_logs(step, log_window, scheduler.get_last_lr()[0], unwrapped, now - t_window)
+                logs = self._window_logs(step, log_window, scheduler.get_last_lr()[0], unwrapped, rows_per_step,
+                                         now - t_window)
                 t_window = now
                 log_window = {}
                 if acc.is_main_process:
@@ -300,7 +301,7 @@ class Trainer:
         runtime = time.perf_counter() - t_start
         result = TrainResult(
             global_step=step,
-            epochs=step * rows_per_step / max(len(self.stage.epoch_indices(0)), 1),
+            epochs=self._epochs(step, rows_per_step),
             train_loss=last_loss,
             train_runtime_s=runtime,
             samples_seen=step * rows_per_step,
@@ -419,16 +420,18 @@ class Trainer:
         acc.load_state(str(checkpoint))
         return int(saved["step"]), str(checkpoint), saved.get("log_window", {})
 
+    def _epochs(self, step: int, rows_per_step: int) -> float:
+        """Epochs done after ``step`` optimiser steps (rows seen over the rows of one epoch)."""
+        return step * rows_per_step / max(len(self.stage.epoch_indices(0)), 1)
+
     def _window_logs(self, step: int, window: dict[str, float], learning_rate: float, unwrapped: nn.Module,
-                     window_seconds: float) -> dict[str, float]:
+                     rows_per_step: int, window_seconds: float) -> dict[str, float]:
         """The ``train/*`` values logged at ``step``: the means over the steps of ``window`` (it holds sums and
         their count ``_n``), the learning rate, epoch, logit scale and throughput in rows/s."""
         n = window.pop("_n")
         logs = {f"train/{k}": v / n for k, v in window.items()}
-        rows_per_step = self.config.per_device_batch_size * self.accelerator.num_processes
-        rows_per_step *= self.config.gradient_accumulation_steps
         logs["train/learning_rate"] = learning_rate
-        logs["train/epoch"] = step * rows_per_step / max(len(self.stage.epoch_indices(0)), 1)
+        logs["train/epoch"] = self._epochs(step, rows_per_step)
         logit_scale = getattr(unwrapped, "logit_scale", None)
         if logit_scale is None and hasattr(unwrapped, "model"):
             logit_scale = getattr(unwrapped.model, "logit_scale", None)
