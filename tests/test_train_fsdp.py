@@ -8,8 +8,6 @@ trains as plain gloo data parallelism; the CPU test pins that down, so that the 
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scripts.train_fixtures import make_x2ct_inputs, x2ct_config
+from scripts.train_fixtures import one_process_run_and_two_process_config, run_launcher
 
-from x2ctclip.train.training.x2ct_stage import train_x2ct
 
 WORKER = Path(__file__).resolve().parent / "scripts" / "fsdp_train_worker.py"
 FSDP_FLAGS = [
@@ -34,29 +31,11 @@ def _launch(run_yaml: Path, extra_flags: list[str], env: dict) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", *FSDP_FLAGS, *extra_flags, str(WORKER),
                str(run_yaml)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
+    run_launcher(command, env)
 
 
 def _two_process_run(tmp_path, extra_flags, env):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    inputs = make_x2ct_inputs(tmp_path / "inputs")
-    common = dict(max_steps=2, save_steps=0, logging_steps=1)
-    train_x2ct(x2ct_config(inputs, tmp_path / "one", per_device_batch_size=8, **common))
-    AcceleratorState._reset_state(True)
-    config = x2ct_config(inputs, tmp_path / "two", per_device_batch_size=4, **common)
-    (tmp_path / "two").mkdir()
-    config.to_yaml(tmp_path / "two" / "run.yaml")
-    _launch(tmp_path / "two" / "run.yaml", extra_flags, env)
+    _launch(one_process_run_and_two_process_config(tmp_path, max_steps=2), extra_flags, env)
     records = [json.loads((tmp_path / "two" / f"fsdp_rank{r}.json").read_text()) for r in (0, 1)]
     one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))

@@ -131,3 +131,39 @@ def x2ct_config(inputs: dict[str, Path], output_dir: Path, **overrides):
     )
     values.update(overrides)
     return X2CTTrainConfig(**values)
+
+
+def one_process_run_and_two_process_config(tmp_path: Path, max_steps: int) -> Path:
+    """Train the x2ct stage in this process at a per-device batch of 8 (``tmp_path/one``) and write the same run
+    for 2 processes at a per-device batch of 4 (same global batch) as ``tmp_path/two/run.yaml``; returns its path."""
+    from accelerate.state import AcceleratorState
+
+    from x2ctclip.train.training.x2ct_stage import train_x2ct
+
+    AcceleratorState._reset_state(True)
+    inputs = make_x2ct_inputs(tmp_path / "inputs")
+    common = dict(max_steps=max_steps, save_steps=0, logging_steps=1)
+    train_x2ct(x2ct_config(inputs, tmp_path / "one", per_device_batch_size=8, **common))
+    AcceleratorState._reset_state(True)
+    config = x2ct_config(inputs, tmp_path / "two", per_device_batch_size=4, **common)
+    (tmp_path / "two").mkdir()
+    config.to_yaml(tmp_path / "two" / "run.yaml")
+    return tmp_path / "two" / "run.yaml"
+
+
+def run_launcher(command: list[str], env: dict, timeout: float = 300) -> None:
+    """Run a multi-process launcher in its own process group (a timeout kills the launcher *and* its workers);
+    assert it succeeded, with the end of its stderr."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
