@@ -105,11 +105,11 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
             plan.heart_scale = 0.48 / ctr0
         normal["ctr"] = round(heart_ctr(plan), 2)
     if "Pericardial effusion" in positive:
-        thick = float(np.clip(rng.lognormal(np.log(8.0), 0.45), 4.0, 25.0))
+        thick = float(np.clip(rng.lognormal(np.log(14.0), 0.35), 8.0, 30.0))
         plan.pericardial_effusion_mm = thick
         details["Pericardial effusion"] = {"thickness_mm": round(thick)}
     if "Hiatal hernia" in positive:
-        size = float(rng.uniform(30.0, 60.0))
+        size = float(rng.uniform(45.0, 80.0))
         c = plan.landmarks["hiatus"] + np.array([0.45 * size, -4.0, -4.0])
         plan.hiatal_hernia = {
             "center": c,
@@ -136,7 +136,7 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
     # Findings rendered later: choose their parameters now so reports can describe them.
     if "Lung nodule" in positive:
         n = int(rng.choice([1, 1, 1, 2, 2, 3, 3, 4, 5, 6]))
-        diam = np.clip(rng.lognormal(np.log(5.0), 0.5, n), 3.0, 30.0)
+        diam = np.clip(rng.lognormal(np.log(11.0), 0.35, n), 7.0, 30.0)
         kinds = rng.choice(["solid", "solid", "solid", "solid", "solid", "solid", "calcified", "calcified",
                             "ground-glass", "part-solid"], n)
         lobes = _pick(rng, n, {"right upper": 0.25, "right middle": 0.08, "right lower": 0.21, "left upper": 0.25,
@@ -150,10 +150,10 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
         depth = {s: round(float(np.clip(rng.lognormal(np.log(35.0), 0.55), 8.0, 90.0))) for s in sides}
         details["Pleural effusion"] = {"sides": sides, "depth_mm": depth}
     if "Lymphadenopathy" in positive:
-        stations = list(rng.choice(list(NODE_STATIONS), size=int(rng.integers(1, 5)), replace=False))
+        stations = list(rng.choice(list(NODE_STATIONS), size=int(rng.integers(2, 6)), replace=False))
         nodes = []
         for st in stations:
-            short = float(np.clip(rng.lognormal(np.log(14.0), 0.3), 10.5, 32.0))
+            short = float(np.clip(rng.lognormal(np.log(20.0), 0.25), 13.0, 35.0))
             nodes.append({"station": str(st), "short_axis_mm": round(short),
                           "long_axis_mm": round(short * rng.uniform(1.2, 1.7))})
         details["Lymphadenopathy"] = {"nodes": sorted(nodes, key=lambda d: -d["short_axis_mm"])}
@@ -192,7 +192,7 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
                                                          "left upper": 0.14, "left lower": 0.3})
         details["Consolidation"] = {"area_lobes": areas, "air_bronchograms": True, "lobes": _ordered(areas)}
     if "Pulmonary fibrotic sequela" in positive:
-        bands = _pick(rng, int(rng.integers(1, 4)), {"right upper": 0.3, "right middle": 0.1, "right lower": 0.15,
+        bands = _pick(rng, int(rng.integers(2, 6)), {"right upper": 0.3, "right middle": 0.1, "right lower": 0.15,
                                                       "left upper": 0.3, "left lower": 0.15}, replace=True)
         apical = bool(rng.random() < 0.6)
         details["Pulmonary fibrotic sequela"] = {
@@ -202,15 +202,15 @@ def plan_findings(rng: np.random.Generator, labels: np.ndarray, plan: ChestPlan)
         details["Mosaic attenuation pattern"] = {"extent": "both lungs" if rng.random() < 0.75 else "lower lobes"}
     if "Interlobular septal thickening" in positive:
         details["Interlobular septal thickening"] = {"zones": "both lungs" if rng.random() < 0.5 else
-                                                     "lower lobes", "cell_mm": float(rng.uniform(12.0, 20.0))}
+                                                     "lower lobes", "cell_mm": float(rng.uniform(14.0, 22.0))}
     if "Arterial wall calcification" in positive:
         sites = ["aortic arch", "descending aorta"] if rng.random() < 0.6 else (
             ["aortic arch"] if rng.random() < 0.5 else ["ascending aorta", "aortic arch", "descending aorta"])
-        details["Arterial wall calcification"] = {"sites": sites, "n_plaques": int(rng.integers(4, 20))}
+        details["Arterial wall calcification"] = {"sites": sites, "n_plaques": int(rng.integers(4, 12))}
     if "Coronary artery wall calcification" in positive:
         vessels = sorted({str(v) for v in rng.choice(["LAD", "LAD", "LCx", "RCA"], size=int(rng.integers(1, 4)))},
                          key=["LAD", "LCx", "RCA"].index)
-        details["Coronary artery wall calcification"] = {"vessels": vessels, "n_spots": int(rng.integers(2, 9))}
+        details["Coronary artery wall calcification"] = {"vessels": vessels, "n_spots": int(rng.integers(2, 6))}
     if "Medical material" in positive:
         items = [str(rng.choice(["pacemaker", "sternal wires", "port catheter", "surgical clips", "stent",
                                  "valve prosthesis"], p=[0.22, 0.25, 0.23, 0.15, 0.08, 0.07]))]

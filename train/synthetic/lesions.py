@@ -188,15 +188,15 @@ def _mosaic(chest: RenderedChest, rng, info: dict) -> None:
 
 
 def _ground_glass(chest: RenderedChest, rng, info: dict) -> None:
-    """Ground-glass opacity (about -600 HU), patchy, peripheral and basal predominant; vessels stay visible."""
+    """Ground-glass opacity (about -530 HU, 50-100 mm patches), patchy, peripheral and basal predominant; vessels stay visible."""
     grid = chest.grid
     lung = chest.lung > 0
     wt = lambda p: 0.3 + 0.7 * (_periphery(chest, p) > 0.7) * (1 - 0.6 * _lung_height(chest, p))  # noqa: E731
     for lobe in info["patch_lobes"]:
         for c in _lung_points(chest, rng, 1, weight=wt, lobe=lobe):
-            r = float(rng.uniform(15.0, 40.0))
+            r = float(rng.uniform(25.0, 50.0))
             placed = _noise_blob(grid, rng, ellipsoid_fraction(grid, c, (r, r * 0.8, r)), threshold=-0.3)
-            blend(chest.hu, placed, float(rng.uniform(-680.0, -560.0)), where=lung)
+            blend(chest.hu, placed, float(rng.uniform(-600.0, -460.0)), where=lung)
 
 
 # ---------------------------------------------------------------------------------- stage 3: render_findings
@@ -269,8 +269,9 @@ def _atelectasis(chest: RenderedChest, rng, info: dict, effusion: dict | None) -
     for lobe in info.get("linear_lobes", []):
         for c in _lung_points(chest, rng, 1, weight=wt, lobe=lobe):
             rot = rotation_zyx(axial_deg=float(rng.uniform(0, 180)), coronal_deg=float(rng.uniform(-20, 20)))
-            axes = (float(rng.uniform(1.8, 3.0)), float(rng.uniform(10, 20)), float(rng.uniform(20, 38)))
-            blend(chest.hu, ellipsoid_fraction(grid, c, axes, rot), float(rng.uniform(-120.0, 0.0)),
+            # 6-10 mm plates: at least one voxel of the coarsest CT grid the quickstart reads (6 mm).
+            axes = (float(rng.uniform(3.0, 5.0)), float(rng.uniform(14, 24)), float(rng.uniform(25, 45)))
+            blend(chest.hu, ellipsoid_fraction(grid, c, axes, rot), float(rng.uniform(-60.0, 20.0)),
                   where=lung * spare)
     sides = info.get("dependent_sides", [])
     if sides:
@@ -282,7 +283,7 @@ def _atelectasis(chest: RenderedChest, rng, info: dict, effusion: dict | None) -
             ca, yc, cb = plan.cavity(zz)
             rho = np.sqrt((xx / ca) ** 2 + ((yy - yc) / cb) ** 2) + 1e-3
             depth = (1 - rho) * np.sqrt(xx ** 2 + (yy - yc) ** 2) / rho
-            thick = float(rng.uniform(10.0, 24.0)) * np.clip((top - zz) / (top - plan.z_recess), 0, 1) ** 0.5
+            thick = float(rng.uniform(18.0, 34.0)) * np.clip((top - zz) / (top - plan.z_recess), 0, 1) ** 0.5
             post = np.clip((yy - yc) / cb / rho, 0, 1) ** 2
             which = ((xx < 0) & ("right" in sides)) | ((xx >= 0) & ("left" in sides))
             frac = np.clip((thick * post - depth) / 3.0 + 0.5, 0, 1) * which
@@ -290,7 +291,7 @@ def _atelectasis(chest: RenderedChest, rng, info: dict, effusion: dict | None) -
 
 
 def _septal_lines(chest: RenderedChest, rng, info: dict) -> None:
-    """Thickened interlobular septa: a warped polyhedral lattice (secondary lobules ~12-20 mm) of ~1 mm walls in
+    """Thickened interlobular septa: a warped polyhedral lattice (secondary lobules ~14-22 mm) of ~1.2 mm walls in
     the subpleural lung. Clear on thin CT sections, almost nothing on a projection."""
     grid, plan = chest.grid, chest.plan
     sel = chest.lung > 0
@@ -301,7 +302,7 @@ def _septal_lines(chest: RenderedChest, rng, info: dict) -> None:
         return
     pts = grid.points_mm(idx)
     periph = _periphery(chest, pts)
-    keep = periph > 0.8  # subpleural
+    keep = periph > 0.72  # subpleural
     idx, pts = idx[keep], pts[keep]
     L = info["cell_mm"]
     ph = rng.uniform(0, 2 * np.pi, 6)
@@ -310,7 +311,9 @@ def _septal_lines(chest: RenderedChest, rng, info: dict) -> None:
     wy = y + 4.0 * np.sin(x / 17.0 + ph[2]) + 3.0 * np.sin(z / 21.0 + ph[3])
     wx = x + 4.0 * np.sin(z / 18.0 + ph[4]) + 3.0 * np.sin(y / 22.0 + ph[5])
     h = grid.voxel
-    thick = 0.4  # mm: the tent below integrates to this thickness across each septal plane
+    # mm: the tent below integrates to this thickness across each septal plane. Thickened septa are 1-2 mm; 1.2 mm
+    # raises a 6 mm voxel by about 200 HU, so the lattice survives the quickstart's coarse CT grid.
+    thick = 1.2
     occ = np.zeros(len(idx))
     for w in (wz, wy, wx):
         d = np.abs(w / L - np.round(w / L)) * L  # distance to the nearest septal plane, mm
@@ -333,10 +336,11 @@ def _fibrotic_bands(chest: RenderedChest, rng, info: dict) -> None:
         inward /= np.linalg.norm(inward) + 1e-9
         inward = inward + rng.normal(0, 0.35, 3)
         inward /= np.linalg.norm(inward)
-        length = float(rng.uniform(18.0, 45.0))
+        length = float(rng.uniform(30.0, 60.0))
         pts = smooth_path([a - 6 * inward, a + 0.5 * length * inward + rng.normal(0, 3, 3), a + length * inward], 6)
         for i in range(len(pts) - 1):
-            paint_max(occ, capsule_fraction(grid, pts[i], pts[i + 1], 1.8, 1.2, min_radius=0.4 * grid.voxel))
+            # 4-6 mm thick bands (scar with volume loss), not hairlines: visible at 6 mm voxels.
+            paint_max(occ, capsule_fraction(grid, pts[i], pts[i + 1], 3.0, 2.2, min_radius=0.4 * grid.voxel))
     if info["apical"]:
         for side in ("right", "left"):
             cx, cy, _ = plan.apex_centers[side]
@@ -345,7 +349,7 @@ def _fibrotic_bands(chest: RenderedChest, rng, info: dict) -> None:
                 continue
             zz, yy, xx = grid.coords(box)
             gap = plan.apex(side, xx, yy) - zz  # mm below the apical pleura
-            cap = np.clip(1.0 - (gap - 5.0) / 4.0, 0, 1) * (gap > -1)
+            cap = np.clip(1.0 - (gap - 10.0) / 4.0, 0, 1) * (gap > -1)  # a cap about 10 mm thick
             np.maximum(occ[box], cap.astype(np.float32), out=occ[box])
     occ *= lung * (1.0 - chest.airway_lumen)
     chest.hu += occ * (float(rng.uniform(-80.0, 10.0)) - chest.hu)
@@ -429,22 +433,34 @@ def dense_layers(chest: RenderedChest, details: dict, rng: np.random.Generator) 
             site = info["sites"][i % len(info["sites"])]
             lo, hi = ranges[site]
             k = int(rng.integers(lo, max(lo + 1, hi)))
-            p, q = aorta.points[k], aorta.points[min(k + 1, n_pts - 1)]
-            t = q - p
-            t /= np.linalg.norm(t) + 1e-9
-            perp = np.cross(t, rng.normal(0, 1, 3))
-            perp /= np.linalg.norm(perp) + 1e-9
-            wall = p + perp * (aorta.radii[k] - 0.8)
-            length = float(rng.uniform(3.0, 9.0))
-            placed = capsule_fraction(grid, wall - t * length / 2, wall + t * length / 2, 1.2, 1.2, min_radius=min_r)
-            layers.append((placed, float(rng.uniform(700.0, 1300.0))))
+            # A curvilinear plaque 12-35 mm long and ~4 mm thick on the wall, following the aorta's centre line:
+            # what 6 x 6 x 10 mm voxels still show as calcium (a 1 mm dot is averaged into the blood).
+            side = rng.normal(0, 1, 3)
+            length, walked = float(rng.uniform(12.0, 35.0)), 0.0
+            hu = float(rng.uniform(700.0, 1300.0))
+            prev = None
+            for j in range(k, n_pts):
+                t = aorta.points[min(j + 1, n_pts - 1)] - aorta.points[max(j - 1, 0)]
+                t /= np.linalg.norm(t) + 1e-9
+                perp = side - (side @ t) * t
+                perp /= np.linalg.norm(perp) + 1e-9
+                wall = aorta.points[j] + perp * (aorta.radii[j] - 1.5)
+                if prev is not None:
+                    layers.append((capsule_fraction(grid, prev, wall, 2.0, 2.0, min_radius=min_r), hu))
+                    walked += float(np.linalg.norm(wall - prev))
+                    if walked >= length:
+                        break
+                prev = wall
     if "Coronary artery wall calcification" in details:
         info = details["Coronary artery wall calcification"]
         for i in range(info["n_spots"]):
+            # Calcified segments 10-30 mm along the vessel, ~3.5 mm across (a dot is lost in a 6 mm voxel of blood).
             v = info["vessels"][i % len(info["vessels"])]
-            c = coronary_point(plan, v, float(rng.uniform(0.05, 0.7)))
-            r = float(rng.uniform(1.0, 2.2))
-            layers.append((ellipsoid_fraction(grid, c, (max(r, min_r),) * 3), float(rng.uniform(500.0, 1100.0))))
+            s0 = float(rng.uniform(0.05, 0.55))
+            path = [coronary_point(plan, v, s) for s in np.linspace(s0, s0 + float(rng.uniform(0.12, 0.3)), 5)]
+            r, hu = float(rng.uniform(1.5, 2.2)), float(rng.uniform(600.0, 1200.0))
+            for a, b in zip(path[:-1], path[1:]):
+                layers.append((capsule_fraction(grid, a, b, r, r, min_radius=min_r), hu))
     if "Medical material" in details:
         for item in details["Medical material"]["items"]:
             layers.extend(_medical_material(chest, rng, item))
