@@ -35,6 +35,13 @@ class X2CTCLIPCTConfig(PreTrainedConfig):
         ff_mult: feed-forward expansion (inner width is ``int(ff_mult * 2 / 3 * dim)``, GEGLU).
         use_vq: pass tokens through the vector quantiser, as CT-CLIP does.
         channels: input channels (1 for CT).
+        patch_embedding: how voxels become tokens. ``"linear"`` (CT-CLIP, and what its weights load into): each
+            patch is flattened and projected by one linear map. ``"conv"``: a strided convolutional stem of
+            ``len(stem_channels)`` 3x3x3 convolutions with GELU (each halves an axis while its patch factor is even)
+            and a last convolution whose kernel and stride are the remaining factors. It reaches the same token grid,
+            but a lesion much smaller than a patch is detected wherever it lies in the patch, which one linear map of
+            the whole patch cannot do (used by small towers trained from scratch on coarse grids).
+        stem_channels: output channels of the stem's 3x3x3 convolutions (``patch_embedding="conv"`` only).
     """
 
     model_type = "x2ctclip_ct"
@@ -54,6 +61,8 @@ class X2CTCLIPCTConfig(PreTrainedConfig):
     ff_mult: float = 4.0
     use_vq: bool = True
     channels: int = 1
+    patch_embedding: str = "linear"
+    stem_channels: list[int] | tuple[int, ...] = (16, 32)
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -74,6 +83,14 @@ class X2CTCLIPCTConfig(PreTrainedConfig):
                 f"X2CTCLIPCTConfig: temporal_patch_size ({self.temporal_patch_size}) must divide num_frames "
                 f"({self.num_frames}), the depth of the input in slices."
             )
+        if self.patch_embedding not in ("linear", "conv"):
+            raise ValueError(
+                f"X2CTCLIPCTConfig.patch_embedding must be 'linear' or 'conv', got {self.patch_embedding!r}."
+            )
+        channels = list(self.stem_channels)
+        if not all(isinstance(c, int) and c > 0 for c in channels):
+            raise ValueError(f"X2CTCLIPCTConfig.stem_channels must be positive integers, got {self.stem_channels!r}.")
+        self.stem_channels = channels
 
     @property
     def grid_size(self) -> tuple[int, int, int]:

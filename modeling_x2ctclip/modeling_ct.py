@@ -4,7 +4,8 @@ A CT volume ``ct_values`` (B, 1, D, H, W), HU / 1000 clipped to [-1, 1] at 1.5 m
 ``temporal_patch_size x patch_size x patch_size`` voxel patches. The resulting token grid (B, t, h, w, dim) with
 ``t = D / temporal_patch_size`` and ``h = w = image_size / patch_size`` goes through
 
-1. a patch embedding (LayerNorm, Linear, LayerNorm),
+1. a patch embedding (LayerNorm, Linear, LayerNorm; or, with ``patch_embedding="conv"``, a strided convolutional
+   stem for small towers trained from scratch),
 2. a spatial transformer that attends within each slab of ``temporal_patch_size`` slices, over its ``h * w`` tokens,
    with a continuous relative position bias,
 3. a temporal transformer that attends along the ``t`` axis, one sequence per in-plane position,
@@ -94,6 +95,37 @@ class X2CTCLIPCTPatchEmbeddings(nn.Module):
         patches = ct_values.reshape(b, c, t, pt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
         patches = patches.reshape(b, t, h, w, c * pt * p * p)
         return self.norm(self.projection(self.patch_norm(patches)))
+
+
+class X2CTCLIPCTConvPatchEmbeddings(nn.Module):
+    """Voxels -> tokens through a strided convolutional stem (``patch_embedding="conv"``): (B, c, t*pt, h*p, w*p)
+    -> (B, t, h, w, dim), the same token grid as :class:`X2CTCLIPCTPatchEmbeddings`.
+
+    Each of the ``stem_channels`` layers is a 3x3x3 convolution (padding 1) and GELU whose stride is 2 along every
+    axis whose remaining patch factor is even (1 otherwise); a last convolution with kernel = stride = the remaining
+    factors makes the tokens, then LayerNorm. The nonlinearity before the patch is pooled is the point: a 6 mm
+    calcification in a 96 mm patch gives the same response wherever it lies.
+    """
+
+    def __init__(self, config: X2CTCLIPCTConfig):
+        super().__init__()
+        remaining = [config.temporal_patch_size, config.patch_size, config.patch_size]
+        layers: list[nn.Module] = []
+        channels = config.channels
+        for out_channels in config.stem_channels:
+            stride = tuple(2 if r % 2 == 0 else 1 for r in remaining)
+            remaining = [r // s for r, s in zip(remaining, stride)]
+            layers += [nn.Conv3d(channels, out_channels, 3, stride=stride, padding=1), nn.GELU()]
+            channels = out_channels
+        self.stem = nn.Sequential(*layers)
+        self.projection = nn.Conv3d(channels, config.dim, tuple(remaining), stride=tuple(remaining))
+        for layer in (*self.stem, self.projection):
+            layer.he_init = True  # read by X2CTCLIPCTPreTrainedModel._init_weights
+        self.norm = nn.LayerNorm(config.dim)
+
+    def forward(self, ct_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.projection(self.stem(ct_values))  # (B, dim, t, h, w)
+        return self.norm(tokens.permute(0, 2, 3, 4, 1))
 
 
 class X2CTCLIPCTContinuousPositionBias(nn.Module):
@@ -351,6 +383,12 @@ class X2CTCLIPCTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Linear / Conv3d: normal(initializer_range), zero bias; LayerNorm: ones / zeros (the base class).
+        if isinstance(module, nn.Conv3d) and getattr(module, "he_init", False):
+            # He initialisation for the GELU stem: normal(0.02) over 27-432 inputs would shrink the signal tenfold
+            # per layer.
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         if isinstance(module, X2CTCLIPCTAttention):
             init.ones_(module.q_scale)
@@ -381,7 +419,8 @@ class X2CTCLIPCTModel(X2CTCLIPCTPreTrainedModel):
 
     def __init__(self, config: X2CTCLIPCTConfig):
         super().__init__(config)
-        self.embeddings = X2CTCLIPCTPatchEmbeddings(config)
+        self.embeddings = (X2CTCLIPCTConvPatchEmbeddings(config) if config.patch_embedding == "conv"
+                           else X2CTCLIPCTPatchEmbeddings(config))
         self.spatial_position_bias = X2CTCLIPCTContinuousPositionBias(config)
         self.spatial_encoder = X2CTCLIPCTTransformer(config, config.spatial_depth)
         self.temporal_encoder = X2CTCLIPCTTransformer(config, config.temporal_depth)

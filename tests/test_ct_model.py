@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_configs import TINY_CT
 from transformers import AutoModel
 
 import x2ctclip.modeling_ct as modeling_ct
 from x2ctclip import X2CTCLIPCTConfig
 from x2ctclip.modeling_ct import X2CTCLIPCTModel, X2CTCLIPCTModelOutput
-
-from tiny_configs import TINY_CT
 
 
 class X2CTCLIPCTModelTester:
@@ -297,3 +296,47 @@ def test_gradient_checkpointing_backward(tester):
     model(ct).pooler_output.square().mean().backward()
     grad = model.spatial_encoder.layers[0].attention.q_proj.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_conv_patch_embedding_reaches_the_same_token_grid_and_round_trips(tmp_path):
+    tester = X2CTCLIPCTModelTester(patch_embedding="conv", stem_channels=[4, 8])
+    model, ct = tester.build()
+    config = model.config
+    stem = model.embeddings
+    assert isinstance(stem, modeling_ct.X2CTCLIPCTConvPatchEmbeddings)
+    # patch 4 x 8 x 8 (TINY_CT): two stride-2 layers leave kernel = stride = (1, 2, 2) for the token convolution
+    assert [layer.stride for layer in stem.stem if isinstance(layer, torch.nn.Conv3d)] == [(2, 2, 2), (2, 2, 2)]
+    assert stem.projection.kernel_size == stem.projection.stride == (1, 2, 2)
+    with torch.no_grad():
+        out = model(ct)
+    assert out.last_hidden_state.shape == (2, *config.grid_size, config.dim)
+    assert out.pooler_output.shape == (2, config.pooled_dim)
+    # He initialisation keeps the stem's signal (normal(0.02) would shrink it tenfold per layer)
+    with torch.no_grad():
+        assert stem.stem(ct).std() > 0.1
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.patch_embedding == "conv" and loaded.config.stem_channels == [4, 8]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ct).pooler_output, out.pooler_output, rtol=0, atol=0)
+
+
+def test_conv_patch_embedding_responds_to_a_small_dense_spot_wherever_it_lies():
+    """The reason for the stem: a one-voxel spot moved inside a patch changes the token; the response is not a fixed
+    linear template of the whole patch (a gradient flows from every voxel position)."""
+    model, _ = X2CTCLIPCTModelTester(patch_embedding="conv", stem_channels=[4, 8]).build()
+    ct = torch.full((1, 1, 8, 16, 16), -0.9, requires_grad=True)
+    model.embeddings(ct).square().sum().backward()
+    assert (ct.grad.abs() > 0).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(patch_embedding="cnn"), "patch_embedding must be 'linear' or 'conv'"),
+        (dict(patch_embedding="conv", stem_channels=[4, 0]), "stem_channels must be positive integers"),
+    ],
+)
+def test_bad_stem_configs_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        X2CTCLIPCTConfig(**{**TINY_CT, **overrides})

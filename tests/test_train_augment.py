@@ -1,4 +1,5 @@
-"""CXR training augmentation: CLAHE against plain histogram equalisation, crops, jitter, determinism, bad inputs."""
+"""Training augmentation: CXR (CLAHE against plain histogram equalisation, crops, jitter, determinism, bad inputs) and
+the stage-1 CT translation / intensity jitter."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from x2ctclip.train.training.augment import (
     CLAHE,
+    CTTrainAugmentation,
     CXRTrainAugmentation,
     RandomBrightnessContrast,
     RandomResizedCrop,
@@ -92,3 +94,40 @@ def test_bad_inputs():
         RandomBrightnessContrast(1.5, 0.0)
     with pytest.raises(ValueError):
         CLAHE(clip_limit=-1)
+
+
+def test_ct_translation_moves_the_volume_and_fills_the_border_with_air():
+    ct = torch.rand(1, 6, 10, 12) * 2 - 1
+    aug = CTTrainAugmentation(max_shift=(1, 3, 3))
+    for seed in range(20):
+        out = aug(ct, sample_rng(seed))
+        rng = sample_rng(seed)
+        dz, dy, dx = (int(rng.integers(-m, m + 1)) for m in (1, 3, 3))
+        # the same draw shifts the content by (dz, dy, dx) voxels: compare the overlap with np.roll of the input
+        rolled = torch.roll(ct, shifts=(dz, dy, dx), dims=(1, 2, 3))
+        inner = (slice(None), slice(max(dz, 0), 6 + min(dz, 0)), slice(max(dy, 0), 10 + min(dy, 0)),
+                 slice(max(dx, 0), 12 + min(dx, 0)))
+        assert torch.equal(out[inner], rolled[inner])
+        assert (out == -1).sum() >= abs(dz) * 10 * 12  # the uncovered slab is air
+    assert torch.equal(aug(ct, sample_rng(3)), aug(ct, sample_rng(3)))  # seeded
+    assert not CTTrainAugmentation().active and torch.equal(CTTrainAugmentation()(ct, sample_rng(0)), ct)
+
+
+def test_ct_intensity_jitter_is_bounded_and_clipped():
+    ct = torch.linspace(-1, 1, 6 * 8 * 8).reshape(1, 6, 8, 8)
+    aug = CTTrainAugmentation(intensity_jitter=0.1)
+    for seed in range(10):
+        out = aug(ct, sample_rng(seed))
+        assert out.min() >= -1 and out.max() <= 1
+        mid = ct.abs() < 0.5  # away from the clip: |gain * x + offset - x| <= 0.1 |x| + 0.1
+        assert ((out - ct)[mid].abs() <= 0.1 * ct[mid].abs() + 0.1 + 1e-6).all()
+        assert not torch.equal(out, ct)
+
+
+def test_ct_augmentation_bad_arguments():
+    with pytest.raises(ValueError, match="three voxel counts"):
+        CTTrainAugmentation(max_shift=(1, 2))
+    with pytest.raises(ValueError, match="intensity_jitter"):
+        CTTrainAugmentation(intensity_jitter=1.5)
+    with pytest.raises(ValueError, match=r"\(1, D, H, W\)"):
+        CTTrainAugmentation(max_shift=(1, 1, 1))(torch.zeros(2, 1, 4, 4, 4), sample_rng(0))

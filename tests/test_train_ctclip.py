@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-
 from scripts.train_fixtures import make_preprocessed
 
 from x2ctclip import X2CTCLIPModel
@@ -121,3 +121,32 @@ def test_init_model_trains_with_stage_one_weights_read_from_the_config(data, tok
     assert result.global_step == 2 and math.isfinite(result.train_loss)
     rows = (tmp_path / "second" / "train_log.csv").read_text().splitlines()
     assert "ct_text" in rows[0] and len(rows) == 3
+
+
+def test_ct_augmentation_and_conv_stem_train(data, tokenizer_dir, tmp_path):
+    """Stage 1 with the CT translation / intensity jitter and the convolutional stem: trains, and the saved CT tower
+    keeps the stem; the augmentation changes the run (same seed, different losses)."""
+    import csv
+
+    def losses(run):
+        with (run / "train_log.csv").open() as f:
+            return [float(r["loss"]) for r in csv.DictReader(f)]
+
+    common = dict(text_model=None, text_preset="tiny", tokenizer=str(tokenizer_dir), text_training="full",
+                  ct_config={"patch_embedding": "conv", "stem_channels": [4]})
+    plain = train_ctclip(_config(data, tmp_path / "plain", **common))
+    AcceleratorState._reset_state(True)
+    augmented = train_ctclip(_config(data, tmp_path / "aug", ct_max_shift=[1, 2, 2], ct_intensity_jitter=0.05, **common))
+    assert plain.global_step == augmented.global_step == 3
+    assert losses(tmp_path / "plain")[0] == pytest.approx(losses(tmp_path / "aug")[0], rel=0.5)
+    assert losses(tmp_path / "plain") != losses(tmp_path / "aug")
+    model = X2CTCLIPModel.from_pretrained(tmp_path / "aug" / "model")
+    assert model.config.ct_config.patch_embedding == "conv" and model.config.ct_config.stem_channels == [4]
+
+
+@pytest.mark.parametrize("overrides, message", [(dict(ct_max_shift=[1, 1]), "ct_max_shift"),
+                                                (dict(ct_max_shift=[1, -1, 0]), "ct_max_shift"),
+                                                (dict(ct_intensity_jitter=1.0), "ct_intensity_jitter")])
+def test_bad_ct_augmentation_settings(data, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(data, tmp_path / "run", **overrides).validate()

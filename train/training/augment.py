@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "CLAHE",
+    "CTTrainAugmentation",
     "CXRTrainAugmentation",
     "RandomBrightnessContrast",
     "RandomResizedCrop",
@@ -40,6 +41,47 @@ __all__ = [
 def sample_rng(*keys: int) -> np.random.Generator:
     """A generator seeded by a tuple of non-negative integers, e.g. ``(seed, epoch, position)``."""
     return np.random.default_rng([int(k) for k in keys])
+
+
+class CTTrainAugmentation:
+    """Stage-1 augmentation of one CT volume ``ct_values`` (1, D, H, W) in HU / 1000: a random translation of up to
+    ``max_shift`` voxels per axis (the uncovered border is air, -1) and a random gain and offset of up to
+    ``intensity_jitter`` (values stay clipped to [-1, 1]).
+
+    Without it a small CT tower memorises the few hundred training volumes (stage-1 training loss 1.3 against 6.3 on
+    the validation split in the default quickstart) instead of learning the findings. No flips: the reports name
+    sides and lobes.
+    """
+
+    def __init__(self, max_shift: Sequence[int] = (0, 0, 0), intensity_jitter: float = 0.0):
+        self.max_shift = tuple(int(v) for v in max_shift)
+        if len(self.max_shift) != 3 or min(self.max_shift) < 0:
+            raise ValueError(f"max_shift must be three voxel counts >= 0 (D, H, W), got {max_shift!r}.")
+        if not 0.0 <= intensity_jitter < 1.0:
+            raise ValueError(f"intensity_jitter must be in [0, 1), got {intensity_jitter}.")
+        self.intensity_jitter = float(intensity_jitter)
+
+    @property
+    def active(self) -> bool:
+        return any(self.max_shift) or self.intensity_jitter > 0
+
+    def __call__(self, ct_values: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if ct_values.dim() != 4:
+            raise ValueError(f"ct_values must be (1, D, H, W), got shape {tuple(ct_values.shape)}.")
+        out = ct_values
+        if any(self.max_shift):
+            shifts = [int(rng.integers(-m, m + 1)) for m in self.max_shift]
+            out = torch.full_like(ct_values, -1.0)
+            src, dst = [slice(None)], [slice(None)]
+            for shift, n in zip(shifts, ct_values.shape[1:]):
+                src.append(slice(max(0, -shift), n - max(0, shift)))
+                dst.append(slice(max(0, shift), n - max(0, -shift)))
+            out[tuple(dst)] = ct_values[tuple(src)]
+        if self.intensity_jitter > 0:
+            j = self.intensity_jitter
+            gain, offset = 1.0 + float(rng.uniform(-j, j)), float(rng.uniform(-j, j))
+            out = (out * gain + offset).clamp_(-1.0, 1.0)
+        return out
 
 
 def _check_image(image: np.ndarray, name: str) -> np.ndarray:

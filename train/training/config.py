@@ -252,6 +252,13 @@ class CTCLIPTrainConfig(TrainConfig):
         "pairs: its positive findings and a few negatives) instead of the report",
     )
     prompt_text_negatives: int = _field(3, "negative findings named in each prompt sentence")
+    ct_max_shift: list[int] = _field(
+        [0, 0, 0], "CT augmentation: random translation of up to (D, H, W) voxels per axis, air-filled (0: none)",
+        factory=True,
+    )
+    ct_intensity_jitter: float = _field(
+        0.0, "CT augmentation: random offset of up to this many HU / 1000 and gain of up to 1 +- it (0: none)"
+    )
     projection_dim: int = _field(512, "width of the shared latent space")
     logit_scale_init: float = _field(math.log(1 / 0.07), "initial log logit scale (CLIP: log(1/0.07))")
     train_logit_scale: bool = _field(True, "learn the logit scale (clamped to max_logit_scale)")
@@ -268,6 +275,10 @@ class CTCLIPTrainConfig(TrainConfig):
             raise ValueError("prompt_text_fraction must be in [0, 1] and prompt_text_negatives >= 0.")
         if self.max_logit_scale <= 0:
             raise ValueError(f"max_logit_scale must be > 0, got {self.max_logit_scale}.")
+        if (len(self.ct_max_shift) != 3 or not all(isinstance(v, int) and v >= 0 for v in self.ct_max_shift)):
+            raise ValueError(f"ct_max_shift must be three voxel counts >= 0 (D, H, W), got {self.ct_max_shift!r}.")
+        if not 0.0 <= self.ct_intensity_jitter < 1.0:
+            raise ValueError(f"ct_intensity_jitter must be in [0, 1), got {self.ct_intensity_jitter}.")
         if self.init_model is None and self.text_model is None and not self.tokenizer:
             raise ValueError("a report tower built from text_preset needs a tokenizer folder (tokenizer: ...).")
 

@@ -84,6 +84,9 @@ class _CTRows(Dataset):
         items = []
         for (index, epoch, position), volume in zip(keys, volumes):
             item = {"ct_values": ct_values_from_ct(np.asarray(volume))}
+            if stage.ct_augmentation.active:
+                item["ct_values"] = stage.ct_augmentation(item["ct_values"], sample_rng(stage.config.seed, epoch,
+                                                                                       position, 2))
             # Text of this row: its report, or (with probability prompt_text_fraction) its label prompt sentence.
             fraction = stage.config.prompt_text_fraction
             use_prompt = fraction > 0 and sample_rng(stage.config.seed, epoch, position, 1).random() < fraction
@@ -154,6 +157,7 @@ class CTCLIPStage(ScanStage):
     # ------------------------------------------------------------------ data
     def setup(self, config: CTCLIPTrainConfig) -> None:
         from x2ctclip.processors import load_report_tokenizer
+        from x2ctclip.train.training.augment import CTTrainAugmentation
 
         from x2ctclip.train.data.folders import load_preprocessed
 
@@ -167,6 +171,7 @@ class CTCLIPStage(ScanStage):
             self.names = self.names[: config.max_train_samples]
             self.reports = self.reports[: config.max_train_samples]
         self.ct_shape = tuple(np.asarray(self.rows[0]["ct"]).shape)
+        self.ct_augmentation = CTTrainAugmentation(config.ct_max_shift, config.ct_intensity_jitter)
         source = config.tokenizer or config.init_model or config.text_model
         if source is None:
             raise ValueError("no tokenizer: set tokenizer (a folder) or text_model.")
