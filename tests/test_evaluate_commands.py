@@ -125,10 +125,18 @@ def test_retrieval_from_cache_equals_retrieval_from_towers(inputs, tmp_path):
     directions = from_cache["results"][0]["directions"]
     assert list(directions) == ["CXR->report", "report->CXR", "CXR->CT", "CT->CXR", "CT->report", "report->CT",
                                 "CT->CT", "CXR->CXR"]  # fmt: skip
+    # The cache was computed in other batches than the towers here, so latents differ in the last float bits; the
+    # tiny random model has near-tied similarities, and one such tie can swap two neighbours of one query (a full run
+    # once moved MAP@5 by 0.003). Allow that one swap: a metric off by more than one query's share is a real bug.
+    one_query = 1.0 / len(cases.labels) + 1e-6
     for name, values in directions.items():
         other = from_towers["results"][0]["directions"][name]
         for key, value in values.items():
-            assert other[key] == pytest.approx(value, abs=1e-6), (name, key)
+            tolerance = {"median_rank": 1.0, "mean_rank": one_query}.get(key, one_query)
+            if value is None or key.startswith("n_"):
+                assert other[key] == value, (name, key)  # sizes exactly; NaN ranks (exclude_self) stay None
+            else:
+                assert other[key] == pytest.approx(value, abs=tolerance), (name, key)
     assert "recall@5" not in directions["CT->CT"] and "map@10" in directions["CT->CT"]
     assert from_cache["latents"]["ct"].startswith("embedding cache")
     assert from_towers["latents"]["ct"] == "the model's towers"
