@@ -373,3 +373,9 @@ class X2CTCLIPVolumeProcessor(BaseImageProcessor):
         out.pop("_processor_class", None)
         return out
 
+
+
+# The processor folder's nested config then names this class in an `auto_map`: transformers >= 5.25 loads every
+# sub-processor of a ProcessorMixin through AutoImageProcessor, which finds a class outside transformers only there
+# (5.24 looked secondary sub-processors up by class name; see processing_x2ctclip).
+X2CTCLIPVolumeProcessor.register_for_auto_class("AutoImageProcessor")

@@ -21,7 +21,9 @@ transformers 5.24 loads such a secondary sub-processor by looking its class name
 the auto classes; when the class is not registered (any remote-code session, where ``x2ctclip.processors`` was never
 imported) that search reaches ``VIDEO_PROCESSOR_MAPPING``, which has no ``_extra_content`` in 5.24, and loading crashes
 with ``AttributeError``. This class overrides the lookup to resolve its own sub-processor classes first, which are
-importable wherever this module is.
+importable wherever this module is. transformers 5.25 loads every sub-processor through ``AutoImageProcessor``
+instead, which finds a remote-code class only through the ``auto_map`` of its nested config: both image processors
+register for ``AutoImageProcessor``, so the folder loads with either version.
 """
 
 from __future__ import annotations
