@@ -5,13 +5,12 @@ rank killed with SIGKILL after its first shard leaves complete shards that the r
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from scripts.train_fixtures import launch
 from tiny_configs import TINY_TEXT, tiny_config
 
 from x2ctclip import X2CTCLIPModel
@@ -34,19 +33,8 @@ CXR = 16
 def _torchrun(args, env_extra=None, timeout=300):
     """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m x2ctclip.train.cli ARGS``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env_extra or {}))
-    # Own process group, so that a timeout kills the launcher and its workers.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "x2ctclip.train.cli", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return proc.returncode, stdout, stderr
+    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "x2ctclip.train.cli", *map(str, args)], env, timeout)
 
 
 def _preprocess_args(root, out):

@@ -151,9 +151,9 @@ def one_process_run_and_two_process_config(tmp_path: Path, max_steps: int) -> Pa
     return tmp_path / "two" / "run.yaml"
 
 
-def run_launcher(command: list[str], env: dict, timeout: float = 300) -> None:
-    """Run a multi-process launcher in its own process group (a timeout kills the launcher *and* its workers);
-    assert it succeeded, with the end of its stderr."""
+def launch(command: list[str], env: dict, timeout: float = 300) -> tuple[int, str, str]:
+    """Run a multi-process launcher in its own process group (a timeout kills the launcher *and* its workers) ->
+    ``(returncode, stdout, stderr)``."""
     import os
     import signal
     import subprocess
@@ -161,9 +161,15 @@ def run_launcher(command: list[str], env: dict, timeout: float = 300) -> None:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    assert proc.returncode == 0, stderr[-4000:]
+    return proc.returncode, stdout, stderr
+
+
+def run_launcher(command: list[str], env: dict, timeout: float = 300) -> None:
+    """:func:`launch`, and assert it succeeded, with the end of its stderr."""
+    returncode, _, stderr = launch(command, env, timeout)
+    assert returncode == 0, stderr[-4000:]
