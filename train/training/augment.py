@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from x2ctclip.train.training.config import check_ct_augmentation
+
 __all__ = [
     "CLAHE",
     "CTTrainAugmentation",
@@ -54,11 +56,8 @@ class CTTrainAugmentation:
     """
 
     def __init__(self, max_shift: Sequence[int] = (0, 0, 0), intensity_jitter: float = 0.0):
-        self.max_shift = tuple(int(v) for v in max_shift)
-        if len(self.max_shift) != 3 or min(self.max_shift) < 0:
-            raise ValueError(f"max_shift must be three voxel counts >= 0 (D, H, W), got {max_shift!r}.")
-        if not 0.0 <= intensity_jitter < 1.0:
-            raise ValueError(f"intensity_jitter must be in [0, 1), got {intensity_jitter}.")
+        check_ct_augmentation(max_shift, intensity_jitter, names=("max_shift", "intensity_jitter"))
+        self.max_shift = tuple(max_shift)
         self.intensity_jitter = float(intensity_jitter)
 
     @property

@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "X2CTTrainConfig",
     "add_config_arguments",
+    "check_ct_augmentation",
     "config_from_args",
     "load_yaml_config",
 ]
@@ -55,6 +56,17 @@ def _field(default: Any, help: str, *, choices: tuple[Any, ...] | None = None, f
 
 def _copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def check_ct_augmentation(max_shift: Any, intensity_jitter: float,
+                          names: tuple[str, str] = ("ct_max_shift", "ct_intensity_jitter")) -> None:
+    """The arguments of the stage-1 CT augmentation (:class:`~x2ctclip.train.training.augment.CTTrainAugmentation`),
+    checked here without importing torch; ``names`` are the fields named in the errors."""
+    values = list(max_shift) if isinstance(max_shift, (list, tuple)) else None
+    if values is None or len(values) != 3 or not all(isinstance(v, int) and v >= 0 for v in values):
+        raise ValueError(f"{names[0]} must be three voxel counts >= 0 (D, H, W), got {max_shift!r}.")
+    if not 0.0 <= intensity_jitter < 1.0:
+        raise ValueError(f"{names[1]} must be in [0, 1), got {intensity_jitter}.")
 
 
 # ----------------------------------------------------------------------------------------------------- presets
@@ -275,10 +287,7 @@ class CTCLIPTrainConfig(TrainConfig):
             raise ValueError("prompt_text_fraction must be in [0, 1] and prompt_text_negatives >= 0.")
         if self.max_logit_scale <= 0:
             raise ValueError(f"max_logit_scale must be > 0, got {self.max_logit_scale}.")
-        if (len(self.ct_max_shift) != 3 or not all(isinstance(v, int) and v >= 0 for v in self.ct_max_shift)):
-            raise ValueError(f"ct_max_shift must be three voxel counts >= 0 (D, H, W), got {self.ct_max_shift!r}.")
-        if not 0.0 <= self.ct_intensity_jitter < 1.0:
-            raise ValueError(f"ct_intensity_jitter must be in [0, 1), got {self.ct_intensity_jitter}.")
+        check_ct_augmentation(self.ct_max_shift, self.ct_intensity_jitter)
         if self.init_model is None and self.text_model is None and not self.tokenizer:
             raise ValueError("a report tower built from text_preset needs a tokenizer folder (tokenizer: ...).")
 
