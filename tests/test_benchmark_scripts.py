@@ -1,6 +1,7 @@
-"""The official-scale benchmark scripts run end to end with their smallest options (so they do not rot before someone
-runs them at full size): the CPU one with ``--smoke --quick``, the GPU one with ``--dry-run`` on CPU. Their numbers are
-not checked (they mean nothing at these sizes); the JSON they write must hold every measurement."""
+"""The official-scale and CT-ceiling benchmark scripts run end to end with their smallest options (so they do not rot
+before someone runs them at full size): the CPU one with ``--smoke --quick``, the GPU one with ``--dry-run`` on CPU,
+the CT ceiling for one epoch on a tiny preprocessed folder. Their numbers are not checked (they mean nothing at these
+sizes); the JSON they write must hold every measurement."""
 
 import json
 import os
@@ -62,3 +63,18 @@ def test_gpu_benchmark_refuses_to_run_without_cuda(tmp_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2 and "no CUDA device" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ct_supervised_ceiling_benchmark_runs_both_arms_on_a_preprocessed_folder(tmp_path):
+    from scripts.train_fixtures import make_preprocessed
+
+    data = make_preprocessed(tmp_path / "pre", {"train": 12, "valid": 6})
+    out = tmp_path / "ceiling.json"
+    result = _run("bench_ct_supervised_ceiling.py", str(data), "--epochs", "1", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["epochs"] == 1 and len(results["findings"]) == 18
+    for arm in ("tower", "cnn"):
+        assert 0.0 <= results[arm]["macro_auroc"] <= 1.0
+        assert len(results[arm]["per_finding"]) == 18 and results[arm]["train_s"] > 0
+        assert all(v is None or 0.0 <= v <= 1.0 for v in results[arm]["per_finding"])
+    assert "| macro (valid) |" in result.stdout
