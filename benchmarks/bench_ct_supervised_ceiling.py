@@ -86,6 +86,8 @@ class TowerClassifier(nn.Module):
 
 
 def train_and_score(name, model, xt, yt, xv, yv, *, epochs, lr, weight_decay, flips, seed=0):
+    """Train ``model`` (int16 HU (B, D, H, W) -> 18 logits) on ``xt, yt``; score the last epoch on ``xv, yv`` (the
+    per-epoch validation numbers are only printed: nothing is selected on them). Returns (results, valid scores)."""
     from sklearn.metrics import roc_auc_score
 
     from x2ctclip.train.progress import progress_bar
