@@ -81,15 +81,16 @@ class TowerClassifier(nn.Module):
         self.head = nn.Linear(config.pooled_dim, n_out)
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        values = (hu.float() / 1000.0).clamp(-1, 1).unsqueeze(1)
-        return self.head(self.tower(values).pooler_output)
+        from x2ctclip.train.data.folders import ct_values_from_ct
+
+        # The stored HU are already clipped to [-1000, 1000]: the tower's ct_values, as the training stages read them.
+        return self.head(self.tower(ct_values_from_ct(hu)).pooler_output)
 
 
 def train_and_score(name, model, xt, yt, xv, yv, *, epochs, lr, weight_decay, flips, seed=0):
     """Train ``model`` (int16 HU (B, D, H, W) -> 18 logits) on ``xt, yt``; score the last epoch on ``xv, yv`` (the
     per-epoch validation numbers are only printed: nothing is selected on them). Returns (results, valid scores)."""
-    from sklearn.metrics import roc_auc_score
-
+    from x2ctclip.train.evaluation.metrics import roc_auc_per_finding
     from x2ctclip.train.progress import progress_bar
 
     torch.manual_seed(seed)
@@ -116,9 +117,8 @@ def train_and_score(name, model, xt, yt, xv, yv, *, epochs, lr, weight_decay, fl
         model.eval()
         with torch.no_grad():
             scores = torch.cat([torch.sigmoid(model(xv[i:i + 64])) for i in range(0, len(xv), 64)]).numpy()
-        aucs = [float(roc_auc_score(yv[:, k], scores[:, k])) if 0 < yv[:, k].sum() < len(yv) else float("nan")
-                for k in range(yv.shape[1])]
-        macro = float(np.nanmean(aucs))
+        aucs = [float(v) for v in roc_auc_per_finding(yv.numpy(), scores)]  # NaN where valid holds one class
+        macro = float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan")
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", valid_macro=f"{macro:.3f}")
         if bar.disable:  # no terminal (a log file): one line per epoch instead
             print(f"{name} epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.3f}, valid macro AUROC "
@@ -136,9 +136,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["tower", "cnn"], choices=["tower", "cnn"])
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    xt, yt = _load(args.data, "train")
-    xv, yv = _load(args.data, "valid")
+    try:
+        xt, yt = _load(args.data, "train")
+        xv, yv = _load(args.data, "valid")
+    except FileNotFoundError as err:  # the loader's message names the folder and what is missing
+        parser.error(str(err))
     print(f"train {tuple(xt.shape)}, valid {tuple(xv.shape)} (int16 HU)")
     results, scores = {}, {}
     for arm in args.arms:
@@ -162,6 +164,7 @@ def main() -> None:
         results[arm]["hard_on_projection_macro_auroc_ci"] = ci["models"][arm]["subset_macro_auroc_ci"]
     if pairs:
         results["cnn_minus_tower"] = ci["differences"]["cnn-tower"]["macro"]
+
     def cell(v: float) -> str:
         return "n/a" if np.isnan(v) else f"{v:.3f}"
 

@@ -78,3 +78,11 @@ def test_ct_supervised_ceiling_benchmark_runs_both_arms_on_a_preprocessed_folder
         assert len(results[arm]["per_finding"]) == 18 and results[arm]["train_s"] > 0
         assert all(v is None or 0.0 <= v <= 1.0 for v in results[arm]["per_finding"])
     assert "| macro (valid) |" in result.stdout
+
+
+def test_ct_supervised_ceiling_benchmark_names_a_missing_split_in_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_ct_supervised_ceiling.py"), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'train'}: no preprocessed split 'train' here" in result.stderr
